@@ -1,0 +1,130 @@
+"""The array backend: NumPy on the CPU or CuPy on a GPU, chosen once, used everywhere.
+
+Layers never import numpy or cupy for device math. They take the array module from their
+input (`get_array_module(x)`) or, when creating arrays, from `backend.xp`. Selection is by
+`use(device, dtype)` or the environment variables DIST_NN_DEVICE (auto|cpu|gpu) and
+DIST_NN_DTYPE (float32|float64), read at import.
+"""
+import contextlib
+import os
+import zlib
+
+import numpy
+
+try:  # CuPy is optional: without it only the CPU exists.
+    import cupy
+except ImportError:
+    cupy = None
+
+DEVICES = ("auto", "cpu", "gpu")
+DTYPES = {"float32": numpy.float32, "float64": numpy.float64}
+
+xp = numpy                  # the active array module
+device = "cpu"              # "cpu" or "gpu", as resolved by use()
+float_dtype = numpy.float32  # dtype of parameters, activations and gradients
+
+
+def gpu_available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device: CuPy raises its own runtime errors
+        return False
+
+
+def use(device=None, dtype=None):
+    """Select the array module ("auto" | "cpu" | "gpu") and/or the default float dtype."""
+    global xp, float_dtype
+    if device is not None:
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if device == "gpu" and not gpu_available():
+            raise RuntimeError("device 'gpu' requested but no CUDA GPU is usable: install the "
+                               "'gpu' extra (cupy-cuda12x) on a machine with an NVIDIA GPU, "
+                               "or use device 'cpu'")
+        resolved = "gpu" if device == "gpu" or (device == "auto" and gpu_available()) else "cpu"
+        globals()["device"] = resolved
+        xp = cupy if resolved == "gpu" else numpy
+    if dtype is not None:
+        name = numpy.dtype(dtype).name
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+        float_dtype = DTYPES[name]
+
+
+@contextlib.contextmanager
+def using(device=None, dtype=None):
+    """`use()` for the duration of a with-block (tests, benchmarks)."""
+    saved = globals()["device"], float_dtype  # the module's, not the argument's
+    use(device, dtype)
+    try:
+        yield
+    finally:
+        use(*saved)
+
+
+def get_array_module(*arrays):
+    """numpy or cupy, whichever owns the arrays."""
+    if cupy is not None:
+        return cupy.get_array_module(*arrays)
+    return numpy
+
+
+def to_device(array, dtype=None):
+    """Copy a host array (or anything array-like) to the active device."""
+    return xp.asarray(array, dtype=dtype)
+
+
+def to_host(array):
+    """A NumPy array with the same values (no copy when it already is one)."""
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return array.get()
+    return numpy.asarray(array)
+
+
+def bind_gpu(index):
+    """Make GPU `index` the current device of this process (one GPU per local rank)."""
+    if device == "gpu":
+        cupy.cuda.Device(index).use()
+
+
+# --- random streams ------------------------------------------------------------------
+# Every random draw comes from a named stream. A stream's seed is derived from the run seed,
+# the stream name and (for per-rank streams) the rank, so streams are independent of one
+# another and reproducible; `seed(..., *key)` lets a trainer re-derive them at, e.g., each step.
+_seed_key = (0,)
+_rank = 0
+_generators = {}
+
+
+def seed(run_seed, rank=0, *key):
+    """Reset all random streams for this run seed, rank and optional extra key."""
+    global _seed_key, _rank
+    _seed_key = (int(run_seed),) + tuple(int(k) for k in key)
+    _rank = int(rank)
+    _generators.clear()
+
+
+def seed_sequence(stream, per_rank=True):
+    """The numpy SeedSequence behind a stream (shared by all ranks when per_rank is False)."""
+    name_key = zlib.crc32(stream.encode())
+    rank_key = _rank + 1 if per_rank else 0
+    return numpy.random.SeedSequence(_seed_key, spawn_key=(name_key, rank_key))
+
+
+def generator(stream, per_rank=True, on_device=True):
+    """The random Generator of a named stream, on the active device unless on_device=False."""
+    on_gpu = on_device and device == "gpu"
+    cache_key = (stream, per_rank, on_gpu)
+    if cache_key not in _generators:
+        seq = seed_sequence(stream, per_rank)
+        if on_gpu:
+            _generators[cache_key] = cupy.random.default_rng(int(seq.generate_state(1, numpy.uint64)[0]))
+        else:
+            _generators[cache_key] = numpy.random.default_rng(seq)
+    return _generators[cache_key]
+
+
+use(os.environ.get("DIST_NN_DEVICE", "auto"), os.environ.get("DIST_NN_DTYPE", "float32"))

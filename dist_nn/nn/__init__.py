@@ -1,0 +1,19 @@
+"""The layer core: modules with explicit forward and backward, on NumPy or CuPy."""
+from . import init
+from .activation import ELU, LeakyReLU, PReLU, ReLU, Sigmoid, Tanh
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .container import Residual, Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .flatten import Flatten
+from .linear import Linear, Maxout
+from .loss import MSELoss, SoftmaxCrossEntropy
+from .module import Module, Parameter
+from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+
+__all__ = [
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "ELU", "Flatten",
+    "GlobalAvgPool2d", "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Maxout", "Module",
+    "PReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
+    "Tanh", "init",
+]

@@ -1,0 +1,101 @@
+"""Pooling: MaxPool2d, AvgPool2d (as torch.nn's, count_include_pad=True), GlobalAvgPool2d.
+
+Max and average pooling loop over the kh*kw kernel offsets, each a strided view of the
+padded input, so memory stays at the size of the output and any stride/padding works.
+"""
+from .. import backend
+from .module import Module
+from .windows import check_image, offset_slice, out_size, pad, pair, unpad
+
+
+class _Pool2d(Module):
+    pad_value = 0.0
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = pair(kernel_size)
+        self.stride = pair(stride if stride is not None else kernel_size)
+        self.padding = pair(padding)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most "
+                             f"half the kernel size {self.kernel_size}")
+
+    def _offsets(self, x):
+        """Pad x; set and return self.offsets, the index of each kernel offset (i, j)."""
+        check_image(self, x)
+        _, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        self.out_hw = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        if min(self.out_hw) < 1:
+            raise ValueError(f"{type(self).__name__} input {h}x{w} is smaller than its kernel")
+        self.x_padded = pad(x, self.padding, self.pad_value)
+        self.offsets = [offset_slice(i, j, self.stride, self.out_hw)
+                        for i in range(kh) for j in range(kw)]
+        return self.offsets
+
+    def _dx(self, dx_padded):
+        xp = backend.get_array_module(dx_padded)
+        return xp.ascontiguousarray(unpad(dx_padded, self.padding))
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """x: (N, C, H, W) -> y: (N, C, Ho, Wo), max over each window (padding counts as -inf).
+    The gradient goes to the first maximal element of each window, as in PyTorch."""
+
+    pad_value = float("-inf")
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        offsets = self._offsets(x)
+        y = self.x_padded[offsets[0]].copy()
+        for index in offsets[1:]:
+            xp.maximum(y, self.x_padded[index], out=y)
+        self.y = y
+        return y
+
+    def backward(self, dy):
+        xp = backend.get_array_module(dy)
+        dx_padded = xp.zeros_like(self.x_padded)
+        unclaimed = xp.ones(dy.shape, dtype=bool)  # windows whose max is not yet found
+        for index in self.offsets:
+            winner = (self.x_padded[index] == self.y) & unclaimed
+            dx_padded[index] += dy * winner
+            unclaimed &= ~winner
+        return self._dx(dx_padded)
+
+
+class AvgPool2d(_Pool2d):
+    """x: (N, C, H, W) -> y: (N, C, Ho, Wo), mean over each kh*kw window (zeros padded in)."""
+
+    def forward(self, x):
+        offsets = self._offsets(x)
+        y = self.x_padded[offsets[0]].copy()
+        for index in offsets[1:]:
+            y += self.x_padded[index]
+        y *= 1.0 / len(offsets)
+        return y
+
+    def backward(self, dy):
+        xp = backend.get_array_module(dy)
+        dx_padded = xp.zeros_like(self.x_padded)
+        share = dy * (1.0 / len(self.offsets))
+        for index in self.offsets:
+            dx_padded[index] += share
+        return self._dx(dx_padded)
+
+
+class GlobalAvgPool2d(Module):
+    """x: (N, C, H, W) -> y: (N, C): the mean over H and W (AdaptiveAvgPool2d(1) + Flatten)."""
+
+    def forward(self, x):
+        check_image(self, x)
+        self.in_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        xp = backend.get_array_module(dy)
+        h, w = self.in_shape[2:]
+        return xp.broadcast_to((dy * (1.0 / (h * w)))[:, :, None, None], self.in_shape).copy()

@@ -1,0 +1,126 @@
+"""Optimizers against torch.optim (fixtures, and live when torch is installed)."""
+import numpy as np
+import pytest
+
+from dist_nn import backend, optim
+from dist_nn.nn import Linear, Parameter, Sequential
+from tests.reference import fixtures
+from tests.reference import optim as reference
+
+TORCH = fixtures.torch_or_none()
+needs_torch = pytest.mark.skipif(TORCH is None, reason="live reference needs torch")
+
+
+def assert_trajectories_equal(ours, theirs):
+    for key, expected in theirs.items():
+        np.testing.assert_allclose(ours[key], expected, rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("case", list(reference.CASES))
+def test_matches_torch_fixture(case):
+    stored = fixtures.load("optim")[case]
+    with backend.using(dtype="float64"):
+        ours = reference.our_outputs(case, stored)
+    assert_trajectories_equal(ours, {k: v for k, v in stored.items() if k.startswith("trajectory")})
+
+
+@needs_torch
+@pytest.mark.parametrize("case", list(reference.CASES))
+def test_matches_torch_live(case):
+    inputs = reference.make_inputs(seed=1000 + list(reference.CASES).index(case))
+    with backend.using(dtype="float64"):
+        ours = reference.our_outputs(case, inputs)
+    assert_trajectories_equal(ours, reference.torch_outputs(TORCH, case, inputs))
+
+
+def test_trajectories_move():
+    # the comparison above would pass trivially if nothing moved
+    stored = fixtures.load("optim")["adam"]
+    assert np.abs(stored["trajectory.weight"][-1] - stored["init.weight"]).min() > 1e-3
+
+
+def make_model():
+    with backend.using(dtype="float64"):
+        backend.seed(0)
+        return Sequential(Linear(3, 4), Linear(4, 2))
+
+
+def test_parameters_become_views_of_flat_buffers():
+    model = make_model()
+    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    flat = opt.flat
+    assert flat.size == sum(p.size for p in model.parameters())
+    # reverse registration order: the last layer's bias first, as backward produces them
+    assert [p.name for p in flat.params] == ["bias", "weight", "bias", "weight"]
+    assert flat.params[0] is model[1].bias
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(p.data, before[name])
+        assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad, flat.grad)
+    flat.data[:] = 7.0
+    assert (model[0].weight.data == 7.0).all()
+    np.testing.assert_array_equal(flat.decay_mask[:2], 0.0)  # biases are not decayed
+    np.testing.assert_array_equal(flat.decay_mask[2:10], 1.0)
+
+
+def test_frozen_parameters_are_left_out():
+    model = make_model()
+    model[0].weight.requires_grad = False
+    frozen = model[0].weight.data.copy()
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    assert model[0].weight not in opt.flat.params
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_array_equal(model[0].weight.data, frozen)
+    assert not np.allclose(model[0].bias.data, 0.0)
+
+
+def test_weight_decay_skips_biases():
+    w = Parameter(np.ones(3))
+    b = Parameter(np.ones(3), weight_decay=False)
+    opt = optim.SGD([w, b], lr=0.1, weight_decay=0.5, l1=0.2)
+    opt.step()  # zero gradients: only the penalties move the weight
+    np.testing.assert_allclose(w.data, 1 - 0.1 * (0.5 + 0.2))
+    np.testing.assert_array_equal(b.data, 1.0)
+
+
+def test_state_dict_resumes_exactly():
+    def run(steps, opt_from=None):
+        model = make_model()
+        opt = optim.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+        if opt_from is not None:
+            model_state, opt_state = opt_from
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+        x = np.linspace(-1, 1, 15).reshape(5, 3)
+        for _ in range(steps):
+            opt.zero_grad()
+            y = model.forward(x)
+            model.backward(y - 0.5)
+            opt.step()
+        return model, opt
+
+    straight, _ = run(10)
+    half, opt = run(5)
+    resumed, _ = run(5, (half.state_dict(), opt.state_dict()))
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
+def test_state_dict_refuses_a_different_model():
+    opt = optim.Adam(make_model().parameters())
+    opt.step()
+    other = optim.Adam([Parameter(np.zeros(3))])
+    with pytest.raises(ValueError, match="trainable parameters"):
+        other.load_state_dict(opt.state_dict())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        optim.SGD(make_model().parameters(), lr=-1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD(make_model().parameters(), lr=0.1, nesterov=True)
+    frozen = Parameter(np.ones(2), requires_grad=False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        optim.SGD([frozen], lr=0.1)
