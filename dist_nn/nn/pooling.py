@@ -20,18 +20,19 @@ class _Pool2d(Module):
             raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most "
                              f"half the kernel size {self.kernel_size}")
 
-    def _offsets(self, x):
-        """Pad x; set and return self.offsets, the index of each kernel offset (i, j)."""
+    def _pad(self, x):
+        """x padded; sets self.offsets, the index of each kernel offset (i, j) into it."""
         check_image(self, x)
         _, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         self.out_hw = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         if min(self.out_hw) < 1:
             raise ValueError(f"{type(self).__name__} input {h}x{w} is smaller than its kernel")
-        self.x_padded = pad(x, self.padding, self.pad_value)
+        x_padded = pad(x, self.padding, self.pad_value)
+        self.padded_shape = x_padded.shape
         self.offsets = [offset_slice(i, j, self.stride, self.out_hw)
                         for i in range(kh) for j in range(kw)]
-        return self.offsets
+        return x_padded
 
     def _dx(self, dx_padded):
         xp = backend.get_array_module(dx_padded)
@@ -43,27 +44,35 @@ class _Pool2d(Module):
 
 class MaxPool2d(_Pool2d):
     """x: (N, C, H, W) -> y: (N, C, Ho, Wo), max over each window (padding counts as -inf).
-    The gradient goes to the first maximal element of each window, as in PyTorch."""
+    The gradient goes to the first maximal element of each window, as in PyTorch: forward
+    records which kernel offset that is (uint8), backward routes dy there."""
 
     pad_value = float("-inf")
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        offsets = self._offsets(x)
-        y = self.x_padded[offsets[0]].copy()
-        for index in offsets[1:]:
-            xp.maximum(y, self.x_padded[index], out=y)
-        self.y = y
+        x_padded = self._pad(x)
+        y = x_padded[self.offsets[0]].copy()
+        self.winner = xp.zeros(y.shape, dtype=xp.uint8)
+        for t, index in enumerate(self.offsets[1:], start=1):
+            tap = x_padded[index]
+            # offsets come in increasing t: a strictly larger value takes over the window
+            better = (tap > y).view(xp.uint8)
+            better *= t
+            xp.maximum(self.winner, better, out=self.winner)
+            xp.maximum(y, tap, out=y)
         return y
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
-        dx_padded = xp.zeros_like(self.x_padded)
-        unclaimed = xp.ones(dy.shape, dtype=bool)  # windows whose max is not yet found
-        for index in self.offsets:
-            winner = (self.x_padded[index] == self.y) & unclaimed
-            dx_padded[index] += dy * winner
-            unclaimed &= ~winner
+        overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
+        dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
+        for t, index in enumerate(self.offsets):
+            share = dy * (self.winner == t)
+            if overlapping:
+                dx_padded[index] += share
+            else:
+                dx_padded[index] = share
         return self._dx(dx_padded)
 
 
@@ -71,16 +80,16 @@ class AvgPool2d(_Pool2d):
     """x: (N, C, H, W) -> y: (N, C, Ho, Wo), mean over each kh*kw window (zeros padded in)."""
 
     def forward(self, x):
-        offsets = self._offsets(x)
-        y = self.x_padded[offsets[0]].copy()
-        for index in offsets[1:]:
-            y += self.x_padded[index]
-        y *= 1.0 / len(offsets)
+        x_padded = self._pad(x)
+        y = x_padded[self.offsets[0]].copy()
+        for index in self.offsets[1:]:
+            y += x_padded[index]
+        y *= 1.0 / len(self.offsets)
         return y
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
-        dx_padded = xp.zeros_like(self.x_padded)
+        dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
         share = dy * (1.0 / len(self.offsets))
         for index in self.offsets:
             dx_padded[index] += share

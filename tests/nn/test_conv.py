@@ -1,0 +1,75 @@
+"""Conv2d (dist_nn/nn/conv.py, with the windows of dist_nn/nn/windows.py)."""
+import numpy as np
+import pytest
+
+from dist_nn import backend, nn
+
+from . import reference_check as check
+
+CASES = check.cases("conv")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_fixture(case):
+    check.check_against_fixture(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_live(case):
+    check.check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_matches(case):
+    check.check_float32(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients(case):
+    check.check_case_gradients(case)
+
+
+def test_parameter_shapes_follow_pytorch():
+    conv = nn.Conv2d(3, 8, (3, 2))
+    assert conv.weight.shape == (8, 3, 3, 2) and conv.bias.shape == (8,)
+    assert conv.weight.weight_decay and not conv.bias.weight_decay
+    assert nn.Conv2d(3, 8, 1, bias=False).bias is None
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 5), (2, 3, 5), (3, 5, 5)])
+def test_wrong_input_shape_names_the_layer(shape):
+    with pytest.raises(ValueError, match=r"Conv2d expects input \(N, 3, H, W\)"):
+        nn.Conv2d(3, 2, 3).forward(np.zeros(shape, dtype=np.float32))
+
+
+def test_input_smaller_than_kernel():
+    with pytest.raises(ValueError, match="Conv2d input 2x5 is smaller than its kernel 3x3"):
+        nn.Conv2d(1, 1, 3).forward(np.zeros((1, 1, 2, 5), dtype=np.float32))
+
+
+def test_non_contiguous_input_gives_the_same_result():
+    with backend.using("cpu", "float64"):
+        conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 6, 7, 3))
+    x_view = x.transpose(0, 3, 2, 1)  # (2, 3, 7, 6), not contiguous
+    dy = np.random.default_rng(1).standard_normal((2, 4, 4, 3))
+    y_view, dx_view = conv.forward(x_view), conv.backward(dy)
+    grad_view = conv.weight.grad.copy()
+    conv.zero_grad()
+    y, dx = conv.forward(np.ascontiguousarray(x_view)), conv.backward(dy)
+    np.testing.assert_allclose(y_view, y, rtol=1e-13)
+    np.testing.assert_allclose(dx_view, dx, rtol=1e-13)
+    np.testing.assert_allclose(grad_view, conv.weight.grad, rtol=1e-13)
+
+
+def test_gradients_accumulate_over_backward_calls():
+    with backend.using("cpu", "float64"):
+        conv = nn.Conv2d(2, 3, 3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4))
+    dy = np.random.default_rng(1).standard_normal((2, 3, 4, 4))
+    conv.forward(x)
+    conv.backward(dy)
+    once = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.backward(dy)
+    np.testing.assert_allclose(conv.weight.grad, 2 * once[0], rtol=1e-14)
+    np.testing.assert_allclose(conv.bias.grad, 2 * once[1], rtol=1e-14)

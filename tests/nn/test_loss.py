@@ -1,0 +1,84 @@
+"""SoftmaxCrossEntropy and MSELoss (dist_nn/nn/loss.py): loss value and d loss / d prediction."""
+import warnings
+
+import numpy as np
+import pytest
+
+from dist_nn import nn
+from tests.reference import fixtures
+
+from . import reference_check as check
+
+CASES = check.cases("loss")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_fixture(case):
+    check.check_against_fixture(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_live(case):
+    check.check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_matches(case):
+    check.check_float32(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients(case):
+    check.check_case_gradients(case)
+
+
+HUGE_LOGITS = np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4], [-1e4, -1e4, -1e4], [5e3, 1e4, 0.0]])
+LABELS = np.array([1, 2, 0, 1])
+# -log softmax[label] row by row: 1e4; log 2 (two equal maxima); log 3 (all equal); 0 (up to
+# exp(-5e3), far below rounding)
+HUGE_LOSS = (1e4 + np.log(2) + np.log(3) + 0.0) / 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_is_stable_for_huge_logits(dtype):
+    loss = nn.SoftmaxCrossEntropy()
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        value = loss.forward(HUGE_LOGITS.astype(dtype), LABELS)
+        grad = loss.backward()
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    np.testing.assert_allclose(float(value), HUGE_LOSS, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    expected_probs = np.array([[1, 0, 0], [0, .5, .5], [1 / 3] * 3, [0, 1, 0]])
+    expected_grad = (expected_probs - np.eye(3)[LABELS]) / 4
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-7)
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-7)
+    torch = fixtures.torch_or_none()
+    if torch is not None:
+        logits = torch.tensor(HUGE_LOGITS, requires_grad=True)
+        reference = torch.nn.CrossEntropyLoss()(logits, torch.tensor(LABELS))
+        reference.backward()
+        np.testing.assert_allclose(float(value), reference.item(), rtol=1e-6)
+        np.testing.assert_allclose(grad, logits.grad.numpy(), atol=1e-7)
+
+
+@pytest.mark.parametrize("labels", [[0, 3, 1], [-1, 0, 1]], ids=["too_large", "negative"])
+def test_labels_out_of_range(labels):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for 3 classes"):
+        nn.SoftmaxCrossEntropy().forward(np.zeros((3, 3)), np.array(labels))
+
+
+@pytest.mark.parametrize("logits, labels", [((3, 4, 2), (3,)), ((3, 4), (4,)), ((3, 4), (3, 1))])
+def test_cross_entropy_shape_mismatch(logits, labels):
+    with pytest.raises(ValueError, match="SoftmaxCrossEntropy expects logits"):
+        nn.SoftmaxCrossEntropy().forward(np.zeros(logits), np.zeros(labels, dtype=np.int64))
+
+
+def test_mse_shape_mismatch():
+    with pytest.raises(ValueError, match=r"MSELoss: prediction \(4, 3\) and target \(4, 1\)"):
+        nn.MSELoss().forward(np.zeros((4, 3)), np.zeros((4, 1)))
+
+
+def test_mse_is_the_mean_over_all_elements():
+    loss = nn.MSELoss()
+    assert loss.forward(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((2, 2))) == 7.5
+    np.testing.assert_array_equal(loss.backward(), [[0.5, 1.0], [1.5, 2.0]])

@@ -1,0 +1,80 @@
+"""MaxPool2d, AvgPool2d and GlobalAvgPool2d (dist_nn/nn/pooling.py)."""
+import numpy as np
+import pytest
+
+from dist_nn import nn
+from tests.reference import fixtures
+
+from . import reference_check as check
+
+CASES = check.cases("pooling")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_fixture(case):
+    check.check_against_fixture(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torch_live(case):
+    check.check_against_torch(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_matches(case):
+    check.check_float32(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients(case):
+    check.check_case_gradients(case)
+
+
+def test_stride_defaults_to_the_kernel_size():
+    assert nn.MaxPool2d(3).stride == (3, 3)
+    assert nn.AvgPool2d((2, 3)).stride == (2, 3)
+    assert nn.MaxPool2d(3, stride=1).stride == (1, 1)
+
+
+def test_max_pool_tie_sends_the_gradient_to_the_first_maximum():
+    """Constant windows: PyTorch routes each window's gradient to its first element."""
+    x = np.ones((1, 2, 4, 6))
+    dy = np.arange(1.0, 13.0).reshape(1, 2, 2, 3)
+    pool = nn.MaxPool2d(2)
+    pool.forward(x)
+    dx = pool.backward(dy)
+    expected = np.zeros_like(x)
+    expected[:, :, ::2, ::2] = dy
+    np.testing.assert_array_equal(dx, expected)
+    torch = fixtures.torch_or_none()
+    if torch is not None:
+        xt = torch.tensor(x, requires_grad=True)
+        torch.nn.MaxPool2d(2)(xt).backward(torch.tensor(dy))
+        np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+def test_max_pool_padding_never_wins():
+    x = -np.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # all negative: a zero pad would win
+    y = nn.MaxPool2d(3, stride=1, padding=1).forward(x)
+    assert (y < 0).all()
+    assert y[0, 0, 1, 1] == -1.0 and y[0, 0, 2, 2] == -5.0
+
+
+@pytest.mark.parametrize("cls", [nn.MaxPool2d, nn.AvgPool2d])
+def test_padding_above_half_the_kernel_is_refused(cls):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: padding \(2, 2\) must be at most half"):
+        cls(3, padding=2)
+
+
+@pytest.mark.parametrize("layer", [nn.MaxPool2d(2), nn.AvgPool2d(2), nn.GlobalAvgPool2d()],
+                         ids=["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"])
+@pytest.mark.parametrize("shape", [(2, 3, 4), (4, 4), (1, 2, 3, 4, 5)])
+def test_wrong_input_shape_names_the_layer(layer, shape):
+    with pytest.raises(ValueError, match=rf"{type(layer).__name__} expects input \(N, C, H, W\)"):
+        layer.forward(np.zeros(shape, dtype=np.float32))
+
+
+@pytest.mark.parametrize("cls", [nn.MaxPool2d, nn.AvgPool2d])
+def test_input_smaller_than_the_kernel(cls):
+    with pytest.raises(ValueError, match=f"{cls.__name__} input 2x5 is smaller than its kernel"):
+        cls(3).forward(np.zeros((1, 1, 2, 5), dtype=np.float32))
