@@ -1,12 +1,14 @@
 """Training steps per second of dist_nn against PyTorch (CPU), one thread each, same run.
 
     python bench/core_vs_torch.py [--models mlp,cnn,resnet20] [--rounds 5] [--seconds 1.5]
+                                  [--device cpu|gpu]
 
 A step is forward, softmax cross-entropy, backward (without the gradient of the input, which
 neither library needs) and an SGD step (momentum 0.9, weight decay 5e-4 on weights only) on a
 fixed random float32 batch. The PyTorch model is dist_nn's own model
 exported with torch_interop.to_torch_module: the same layers, sizes and initial weights.
-Rounds alternate between the two; the median steps/s of each is reported.
+Rounds alternate between the two; the median steps/s of each is reported. With --device gpu
+dist_nn runs on CuPy and PyTorch on CUDA (both synchronised before the clock is read).
 """
 import os
 
@@ -49,15 +51,15 @@ def ours_step(model_name, shape, batch, options, x, y):
     return model, step
 
 
-def torch_step(model, x, y):
-    twin = to_torch_module(model)
+def torch_step(model, x, y, device):
+    twin = to_torch_module(model).to(device)
     # torch decays every parameter unless grouped: exclude biases and norm parameters as we do
     decay = [p for n, p in twin.named_parameters() if n.endswith("weight") and p.ndim > 1]
     rest = [p for n, p in twin.named_parameters() if not (n.endswith("weight") and p.ndim > 1)]
     opt = torch.optim.SGD([{"params": decay}, {"params": rest, "weight_decay": 0.0}],
                           **SGD_OPTIONS)
     loss = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
     def step():
         opt.zero_grad()
@@ -66,11 +68,14 @@ def torch_step(model, x, y):
     return step
 
 
-def steps_per_second(step, seconds):
+def steps_per_second(step, seconds, synchronize):
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         step()
         count += 1
+        if count % 10 == 0:  # bound the queue of asynchronous GPU work
+            synchronize()
+    synchronize()
     return count / (time.perf_counter() - start)
 
 
@@ -79,10 +84,15 @@ def main():
     parser.add_argument("--models", default=",".join(BENCHMARKS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.5, help="per round and library")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     args = parser.parse_args()
-    backend.use("cpu", "float32")
-    print(f"# {platform.processor() or platform.machine()}, numpy {np.__version__}, "
-          f"torch {torch.__version__}, 1 thread each, float32")
+    backend.use(args.device, "float32")
+    torch_device = "cuda" if args.device == "gpu" else "cpu"
+    syncs = {"ours": backend.synchronize,
+             "torch": torch.cuda.synchronize if args.device == "gpu" else (lambda: None)}
+    where = (backend.cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+             if args.device == "gpu" else f"{platform.machine()}, 1 thread each")
+    print(f"# {where}, numpy {np.__version__}, torch {torch.__version__}, float32")
     print(f"{'model':10} {'batch':>5} {'dist_nn steps/s':>16} {'torch steps/s':>14} {'ratio':>6}")
     for name in args.models.split(","):
         model_name, shape, batch, options = BENCHMARKS[name]
@@ -90,15 +100,16 @@ def main():
         x = rng.standard_normal((batch,) + shape).astype(np.float32)
         y = rng.integers(0, 10, batch).astype(np.int64)
         backend.seed(0)
-        model, ours = ours_step(model_name, shape, batch, options, x, y)
-        theirs = torch_step(model, x, y)
+        model, ours = ours_step(model_name, shape, batch, options, backend.to_device(x),
+                                backend.to_device(y))
+        theirs = torch_step(model, x, y, torch_device)
         for step in (ours, theirs):  # warm up caches and allocators
             for _ in range(3):
                 step()
         rates = {"ours": [], "torch": []}
         for _ in range(args.rounds):
-            rates["ours"].append(steps_per_second(ours, args.seconds))
-            rates["torch"].append(steps_per_second(theirs, args.seconds))
+            for key, step in (("ours", ours), ("torch", theirs)):
+                rates[key].append(steps_per_second(step, args.seconds, syncs[key]))
         ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
         print(f"{name:10} {batch:5d} {ours_rate:16.2f} {torch_rate:14.2f} "
               f"{ours_rate / torch_rate:6.2f}", flush=True)

@@ -102,6 +102,12 @@ def to_host(array):
     return numpy.asarray(array)
 
 
+def synchronize():
+    """Wait for queued device work (GPU kernels run asynchronously); a no-op on the CPU."""
+    if device == "gpu":
+        cupy.cuda.Device().synchronize()
+
+
 def bind_gpu(index):
     """Make GPU `index` the current device of this process (one GPU per local rank)."""
     if device == "gpu":

@@ -37,19 +37,26 @@ def split_fixture(case):
     return inputs, {k: v for k, v in arrays.items() if k not in inputs}
 
 
-def build_loaded(case, inputs, dtype="float64"):
+def build_loaded(case, inputs, dtype="float64", device="cpu"):
     """Our module for a case with the case's stored state loaded (strict)."""
-    module = layers.build_ours(case, dtype=dtype)
+    module = layers.build_ours(case, dtype=dtype, device=device)
     if case.target is None:
         module.load_state_dict(layers.state_from(inputs), strict=True)
     return module
 
 
-def our_outputs(case, inputs, dtype="float64"):
-    """y, dx, grad.* and buffer.* from our module, in the names torch_outputs uses."""
-    module = build_loaded(case, inputs, dtype)
-    passed = {k: inputs[k].astype(dtype if inputs[k].dtype.kind == "f" else inputs[k].dtype)
-              for k in ("x", "dy", "target") if k in inputs}
+def our_outputs(case, inputs, dtype="float64", device="cpu"):
+    """y, dx, grad.* and buffer.* from our module (NumPy copies), in the names torch_outputs
+    uses; run on `device` ("cpu", or "gpu" with CuPy)."""
+    with backend.using(device, dtype):
+        return _run(case, inputs, dtype, device)
+
+
+def _run(case, inputs, dtype, device):
+    module = build_loaded(case, inputs, dtype, device)
+    passed = {k: backend.to_device(inputs[k].astype(
+        dtype if inputs[k].dtype.kind == "f" else inputs[k].dtype)) for k in ("x", "dy", "target")
+        if k in inputs}
     if case.target is not None:
         y = module.forward(passed["x"], passed["target"])
         outputs = {"y": backend.to_host(y), "dx": backend.to_host(module.backward())}
@@ -59,7 +66,7 @@ def our_outputs(case, inputs, dtype="float64"):
         outputs.update({f"grad.{n}": backend.to_host(p.grad) for n, p in module.named_parameters()})
         outputs.update({f"buffer.{n}": backend.to_host(b) for n, b in module.named_buffers()})
     for key, value in passed.items():  # e.g. Residual hands the same dy to both paths
-        assert np.array_equal(value, inputs[key].astype(value.dtype)), \
+        assert np.array_equal(backend.to_host(value), inputs[key].astype(value.dtype)), \
             f"{case.name}: {key} was modified in place"
     return outputs
 

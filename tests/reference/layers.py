@@ -180,10 +180,10 @@ class TorchLayers:
         return getattr(self.torch.nn, name)
 
 
-def build_ours(case, seed=FIXTURE_SEED, dtype="float64"):
-    """Our module (or loss) for a case, on the CPU in `dtype`, in the case's mode.
+def build_ours(case, seed=FIXTURE_SEED, dtype="float64", device="cpu"):
+    """Our module (or loss) for a case, on `device` in `dtype`, in the case's mode.
     Re-seeds the backend's random streams (initialisation draws from them)."""
-    with backend.using("cpu", dtype):
+    with backend.using(device, dtype):
         backend.seed(seed)
         module = case.build(nn)
     if case.target is None:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every GPU check in one call (for a machine with CuPy, PyTorch with CUDA and a GPU):
+# the CuPy tests against NumPy and PyTorch, then the core benchmark on the GPU.
+#   bash bench/gpu_checks.sh [OUTPUT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-.}
+status=0
+python -m pytest tests/test_gpu.py -q -rs 2>&1 | tee "$out/gpu_tests.log" || status=1
+python bench/core_vs_torch.py --device gpu --rounds 3 2>&1 | tee "$out/gpu_core_vs_torch.log" || status=1
+exit $status

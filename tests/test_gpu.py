@@ -1,0 +1,78 @@
+"""The CuPy path: every layer case, whole models and optimizers on the GPU give what the
+NumPy path and PyTorch give. Skipped without CuPy and a CUDA GPU (run bench/gpu_checks.sh on
+a GPU machine)."""
+import numpy as np
+import pytest
+
+from dist_nn import backend, models, nn, optim
+from tests.nn import reference_check as check
+from tests.reference import fixtures, layers
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not backend.gpu_available(), reason="needs CuPy and a CUDA GPU")]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in layers.CASES])
+def test_layer_on_gpu_matches_torch_fixture(case):
+    inputs, reference = check.split_fixture(case)
+    check.assert_matches(check.our_outputs(case, inputs, device="gpu"), reference, case.name)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in layers.CASES])
+def test_layer_on_gpu_float32_matches_numpy(case):
+    inputs, _ = check.split_fixture(case)
+    on_cpu = check.our_outputs(case, inputs, "float32", "cpu")
+    check.assert_matches(check.our_outputs(case, inputs, "float32", "gpu"), on_cpu, case.name,
+                         check.FLOAT32_TOLERANCE)
+
+
+def train_steps(device, name, shape, steps=3):
+    """Parameters after a few SGD steps of a model, as NumPy arrays."""
+    with backend.using(device, "float64"):
+        backend.seed(0)
+        model = models.build(name, shape, 10, dropout=0.0) if name in ("mlp", "cnn") else \
+            models.build(name, shape, 10)
+        loss = nn.SoftmaxCrossEntropy()
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        rng = np.random.default_rng(0)
+        x = backend.to_device(rng.standard_normal((8,) + shape))
+        y = backend.to_device(rng.integers(0, 10, 8))
+        for _ in range(steps):
+            opt.zero_grad()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            opt.step()
+        return model.state_dict()
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("cnn", (3, 16, 16)),
+                                         ("resnet20", (3, 16, 16))])
+def test_training_steps_on_gpu_match_cpu(name, shape):
+    on_cpu, on_gpu = train_steps("cpu", name, shape), train_steps("gpu", name, shape)
+    for key, value in on_cpu.items():
+        np.testing.assert_allclose(on_gpu[key], value, rtol=1e-9, atol=1e-11, err_msg=key)
+
+
+@pytest.mark.skipif(fixtures.torch_or_none() is None, reason="needs torch")
+def test_resnet20_on_gpu_matches_torch_cuda():
+    torch = fixtures.torch_or_none()
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    from dist_nn.torch_interop import to_torch_module
+    with backend.using("gpu", "float64"):
+        backend.seed(1)
+        model = models.build("resnet20", (3, 16, 16), 10)
+        twin = to_torch_module(model).cuda()
+        x = np.random.default_rng(2).standard_normal((4, 3, 16, 16))
+        dy = np.random.default_rng(3).standard_normal((4, 10))
+        y = model.forward(backend.to_device(x))
+        dx = model.backward(backend.to_device(dy))
+    tx = torch.tensor(x, device="cuda", requires_grad=True)
+    ty = twin(tx)
+    ty.backward(torch.tensor(dy, device="cuda"))
+    np.testing.assert_allclose(backend.to_host(y), ty.detach().cpu().numpy(), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(backend.to_host(dx), tx.grad.cpu().numpy(), rtol=1e-8, atol=1e-11)
+    theirs = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(backend.to_host(p.grad), theirs[name].grad.cpu().numpy(),
+                                   rtol=1e-8, atol=1e-11, err_msg=name)
