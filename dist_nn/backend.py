@@ -108,12 +108,6 @@ def synchronize():
         cupy.cuda.Device().synchronize()
 
 
-def bind_gpu(index):
-    """Make GPU `index` the current device of this process (one GPU per local rank)."""
-    if device == "gpu":
-        cupy.cuda.Device(index).use()
-
-
 # --- random streams ------------------------------------------------------------------
 # Every random draw comes from a named stream. A stream's seed is derived from the run seed,
 # the stream name and (for per-rank streams) the rank, so streams are independent of one
@@ -131,19 +125,14 @@ def seed(run_seed, rank=0, *key):
     _generators.clear()
 
 
-def seed_sequence(stream, per_rank=True):
-    """The numpy SeedSequence behind a stream (shared by all ranks when per_rank is False)."""
-    name_key = zlib.crc32(stream.encode())
-    rank_key = _rank + 1 if per_rank else 0
-    return numpy.random.SeedSequence(_seed_key, spawn_key=(name_key, rank_key))
-
-
 def generator(stream, per_rank=True, on_device=True):
-    """The random Generator of a named stream, on the active device unless on_device=False."""
+    """The random Generator of a named stream, on the active device unless on_device=False;
+    one stream for all ranks when per_rank is False."""
     on_gpu = on_device and device == "gpu"
     cache_key = (stream, per_rank, on_gpu)
     if cache_key not in _generators:
-        seq = seed_sequence(stream, per_rank)
+        rank_key = _rank + 1 if per_rank else 0
+        seq = numpy.random.SeedSequence(_seed_key, spawn_key=(zlib.crc32(stream.encode()), rank_key))
         if on_gpu:
             _generators[cache_key] = cupy.random.default_rng(int(seq.generate_state(1, numpy.uint64)[0]))
         else:

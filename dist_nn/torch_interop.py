@@ -96,6 +96,8 @@ def to_torch_module(model):
         if isinstance(m, BasicBlock):
             children.setdefault("shortcut", None)
             return extra["BasicBlock"](children)
+        if isinstance(m, nn.Maxout):  # before Linear: a Maxout is a Linear
+            return extra["Maxout"](m)
         if isinstance(m, nn.Linear):
             return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
         if isinstance(m, nn.Conv2d):
@@ -107,8 +109,6 @@ def to_torch_module(model):
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             cls = tnn.MaxPool2d if isinstance(m, nn.MaxPool2d) else tnn.AvgPool2d
             return cls(m.kernel_size, m.stride, m.padding)
-        if isinstance(m, nn.Maxout):
-            return extra["Maxout"](m)
         if isinstance(m, PadShortcut):
             return extra["PadShortcut"](m)
         simple = {nn.ReLU: lambda: tnn.ReLU(), nn.Sigmoid: lambda: tnn.Sigmoid(),
