@@ -1,12 +1,18 @@
-"""Losses: forward(prediction, target) -> scalar mean, backward() -> d loss / d prediction."""
+"""Losses: forward(prediction, target) -> scalar mean, backward() -> d loss / d prediction.
+
+`mean_over` (default: the local batch size) is the number of samples the summed loss is
+divided by. Data-parallel training with uneven shards passes global batch / world size on
+every rank: after the gradient allreduce averages over ranks, every rank then holds the
+gradient of the mean over the global batch, whatever its own share of it.
+"""
 from .. import backend
 
 
 class SoftmaxCrossEntropy:
-    """Mean over the batch of -log softmax(logits)[label], in the log-sum-exp form.
+    """Mean of -log softmax(logits)[label], in the log-sum-exp form.
     logits: (N, C), target: (N,) integer labels in [0, C). As torch.nn.CrossEntropyLoss()."""
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, mean_over=None):
         xp = backend.get_array_module(logits)
         if logits.ndim != 2 or target.shape != (logits.shape[0],):
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, C) and labels (N,), got "
@@ -21,24 +27,27 @@ class SoftmaxCrossEntropy:
         rows = xp.arange(n)
         self.probs = xp.exp(shifted - log_sum_exp[:, None])
         self.target, self.rows = target, rows
-        return (log_sum_exp - shifted[rows, target]).mean()
+        self.scale = 1.0 / (n if mean_over is None else mean_over)
+        return (log_sum_exp - shifted[rows, target]).sum() * self.scale
 
     def backward(self):
         grad = self.probs.copy()
         grad[self.rows, self.target] -= 1.0
-        grad *= 1.0 / len(grad)
+        grad *= self.scale
         return grad
 
 
 class MSELoss:
     """Mean over all elements of (prediction - target)^2, as torch.nn.MSELoss()."""
 
-    def forward(self, prediction, target):
+    def forward(self, prediction, target, mean_over=None):
         if prediction.shape != target.shape:
             raise ValueError(f"MSELoss: prediction {tuple(prediction.shape)} and target "
                              f"{tuple(target.shape)} differ in shape")
         self.diff = prediction - target
-        return (self.diff * self.diff).mean()
+        per_sample = self.diff[0].size
+        self.scale = 1.0 / (self.diff.size if mean_over is None else mean_over * per_sample)
+        return (self.diff * self.diff).sum() * self.scale
 
     def backward(self):
-        return self.diff * (2.0 / self.diff.size)
+        return self.diff * (2.0 * self.scale)

@@ -91,12 +91,34 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    # --- hooks ---------------------------------------------------------------------------
+    def add_backward_hook(self, hook):
+        """Call hook(module) after every backward of this module, when the gradients of its
+        own parameters are final (gradient sync starts allreduces from here)."""
+        hooks = self.__dict__.setdefault("_backward_hooks", [])
+        if not hooks:  # shadow the class's backward with one that runs the hooks
+            backward = type(self).backward
+
+            def backward_with_hooks(dy):
+                dx = backward(self, dy)
+                for h in list(hooks):
+                    h(self)
+                return dx
+            object.__setattr__(self, "backward", backward_with_hooks)
+        hooks.append(hook)
+
+    def remove_backward_hook(self, hook):
+        hooks = self.__dict__.get("_backward_hooks", [])
+        hooks.remove(hook)
+        if not hooks:
+            del self.__dict__["backward"]
+
     def zero_grad(self):
         for p in self.parameters():
             p.grad[...] = 0
 
     # --- state ---------------------------------------------------------------------------
-    def _state_arrays(self):
+    def state_arrays(self):
         """name -> the live array, parameters and buffers module by module (PyTorch's order)."""
         state = {}
         for prefix, module in self.named_modules():
@@ -109,7 +131,7 @@ class Module:
 
     def state_dict(self):
         """Flat name -> NumPy copy of every parameter and buffer."""
-        return {name: backend.to_host(a).copy() for name, a in self._state_arrays().items()}
+        return {name: backend.to_host(a).copy() for name, a in self.state_arrays().items()}
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays into the parameters and buffers in place (views stay views).
@@ -117,7 +139,7 @@ class Module:
         Raises ValueError naming every missing or unexpected key and every shape mismatch;
         with strict=False, missing and unexpected keys are ignored (shapes must still match).
         """
-        targets = self._state_arrays()
+        targets = self.state_arrays()
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(targets[k].shape)}"

@@ -1,0 +1,11 @@
+"""The data-parallel runtime: communicators, gradient sync, start-up checks, metrics, and the
+per-process set-up that keeps a failing rank from hanging the job."""
+from .comm import KINDS, LocalCommunicator, MPICommunicator, NCCLCommunicator, communicator
+from .grad_sync import GradSync
+from .metrics import Totals
+from .process import abort_on_failure, limit_threads, setup
+from .startup import broadcast_state, check_same_everywhere, fingerprint
+
+__all__ = ["KINDS", "GradSync", "LocalCommunicator", "MPICommunicator", "NCCLCommunicator",
+           "Totals", "abort_on_failure", "broadcast_state", "check_same_everywhere",
+           "communicator", "fingerprint", "limit_threads", "setup"]

@@ -1,0 +1,1 @@
+"""Launch helpers: the local mpiexec wrapper and (later) hyper-parameter search."""
