@@ -82,3 +82,17 @@ def test_mse_is_the_mean_over_all_elements():
     loss = nn.MSELoss()
     assert loss.forward(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((2, 2))) == 7.5
     np.testing.assert_array_equal(loss.backward(), [[0.5, 1.0], [1.5, 2.0]])
+
+
+@pytest.mark.parametrize("loss, target", [
+    (nn.SoftmaxCrossEntropy(), np.array([0, 2, 1])),
+    (nn.MSELoss(), np.arange(12.0).reshape(3, 4) / 10),
+])
+def test_mean_over_divides_the_sum_by_that_many_samples(loss, target):
+    """A rank's share of a global mean: the sum of its losses over mean_over samples."""
+    prediction = np.linspace(-1, 1, 12).reshape(3, 4)
+    mean = loss.forward(prediction, target)
+    grad = loss.backward()
+    share = loss.forward(prediction, target, mean_over=7)
+    np.testing.assert_allclose(share, mean * 3 / 7)
+    np.testing.assert_allclose(loss.backward(), grad * 3 / 7)

@@ -132,3 +132,19 @@ def test_repr_shows_the_structure():
     text = repr(small_cnn(nn))
     assert text.startswith("Sequential(\n  (0): Conv2d(3, 4, kernel_size=(3, 3)")
     assert "(1): BatchNorm2d(4, eps=1e-05, momentum=0.1)" in text
+
+
+def test_backward_hooks_run_after_the_module_gradients_are_final():
+    layer = nn.Linear(3, 2)
+    seen = []
+    hook = lambda m: seen.append(m.weight.grad.copy())  # noqa: E731
+    layer.add_backward_hook(hook)
+    x = np.ones((4, 3), dtype=np.float32)
+    layer.forward(x)
+    dx = layer.backward(np.ones((4, 2), dtype=np.float32))
+    assert dx.shape == x.shape and len(seen) == 1
+    np.testing.assert_array_equal(seen[0], layer.weight.grad)
+    layer.remove_backward_hook(hook)
+    assert "backward" not in vars(layer)  # the class's backward again
+    layer.backward(np.ones((4, 2), dtype=np.float32))
+    assert len(seen) == 1
