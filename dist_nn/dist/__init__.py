@@ -4,8 +4,8 @@ from .comm import KINDS, LocalCommunicator, MPICommunicator, NCCLCommunicator, c
 from .grad_sync import GradSync
 from .metrics import Totals
 from .process import abort_on_failure, limit_threads, setup
-from .startup import broadcast_state, check_same_everywhere, fingerprint
+from .startup import broadcast_state, check_same_everywhere, fingerprint, raise_together
 
 __all__ = ["KINDS", "GradSync", "LocalCommunicator", "MPICommunicator", "NCCLCommunicator",
            "Totals", "abort_on_failure", "broadcast_state", "check_same_everywhere",
-           "communicator", "fingerprint", "limit_threads", "setup"]
+           "communicator", "fingerprint", "limit_threads", "raise_together", "setup"]

@@ -25,3 +25,14 @@ def check_same_everywhere(model, comm, config=None):
         raise RuntimeError(f"ranks {odd} differ from rank 0 in their model or configuration "
                            f"(fingerprints {prints[0]} vs {prints[odd[0]]}): launch every rank "
                            "with the same code and config")
+
+
+def raise_together(comm, error, cls=RuntimeError):
+    """After a check that ran on every rank: if any rank failed (error not None), every rank
+    raises `cls` with the first failing rank's message, so that all stop alike instead of
+    some waiting forever in the next collective."""
+    messages = comm.allgather_obj(None if error is None else str(error))
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise cls(f"rank {rank}: {message}" if comm.size > 1 else message)

@@ -1,0 +1,188 @@
+"""Reading one split of the HDF5 layout (see writer.py) from one file or many shard files.
+
+Opening checks everything that can be checked without reading the samples: the files open,
+every shard has the split's datasets with matching lengths, all shards agree on sample shape,
+dtype and attributes, and the labels lie in [0, num_classes). `check_finite(begin, end)`
+scans float samples for NaN/Inf chunk by chunk. Reads gather sorted indices in contiguous
+runs, or whole chunks when a batch needs many samples of a chunk: h5py's per-element
+("fancy") selections are slow.
+"""
+import glob
+import os
+
+import h5py
+import numpy
+
+
+class DataError(ValueError):
+    """Bad data: a missing or damaged file, an inconsistent layout, bad labels or values."""
+
+
+def shard_files(path):
+    """The files behind a path: the file itself, or the sorted matches of a glob."""
+    path = os.fspath(path)
+    if glob.has_magic(path):
+        files = sorted(glob.glob(path))
+        if not files:
+            raise DataError(f"no files match {path!r}")
+        return files
+    if not os.path.exists(path):
+        raise DataError(f"data file {path!r} does not exist")
+    return [path]
+
+
+def _open(file):
+    try:
+        return h5py.File(file, "r")
+    except OSError as error:
+        raise DataError(f"cannot read {file}: it is truncated, damaged or not HDF5 "
+                        f"(h5py: {error})") from None
+
+
+class HDF5Split:
+    """One split ("train" or "val") across shard files: len(), labels, read(indices)."""
+
+    def __init__(self, path, split="train"):
+        self.split = split
+        self.files = shard_files(path)
+        self.handles = [_open(f) for f in self.files]
+        try:
+            self._check_layout()
+        except BaseException:
+            self.close()
+            raise
+        self.xs = [h[f"{split}/x"] for h in self.handles]
+        lengths = [len(x) for x in self.xs]
+        self.starts = numpy.cumsum([0] + lengths)  # global index of each shard's first sample
+        first = self.handles[0]
+        self.sample_shape, self.dtype = self.xs[0].shape[1:], self.xs[0].dtype
+        self.num_classes = int(first.attrs["num_classes"])
+        self.mean = numpy.asarray(first.attrs["mean"], dtype=numpy.float64)
+        self.std = numpy.asarray(first.attrs["std"], dtype=numpy.float64)
+        self.source = str(first.attrs.get("source", ""))
+        self.labels = numpy.concatenate([h[f"{split}/y"][:] for h in self.handles])
+        self._check_labels()
+        self.cache = None
+
+    def _check_layout(self):
+        signatures = []
+        for file, h in zip(self.files, self.handles):
+            for name in ("x", "y"):
+                if f"{self.split}/{name}" not in h:
+                    raise DataError(f"{file} has no /{self.split}/{name} dataset")
+            x, y = h[f"{self.split}/x"], h[f"{self.split}/y"]
+            if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+                raise DataError(f"{file}: /{self.split}/x {x.shape} and /{self.split}/y {y.shape}"
+                                " must be (N, C, H, W) and (N,) of the same length N")
+            if x.dtype not in (numpy.uint8, numpy.float32) or y.dtype.kind not in "iu":
+                raise DataError(f"{file}: samples must be uint8 or float32 and labels integers, "
+                                f"got {x.dtype} and {y.dtype}")
+            missing = [a for a in ("num_classes", "mean", "std") if a not in h.attrs]
+            if missing:
+                raise DataError(f"{file} lacks the attributes {missing}")
+            if len(h.attrs["mean"]) != x.shape[1] or len(h.attrs["std"]) != x.shape[1]:
+                raise DataError(f"{file}: mean and std need one value per channel "
+                                f"({x.shape[1]})")
+            signatures.append((x.shape[1:], str(x.dtype), int(h.attrs["num_classes"])))
+        if len(set(signatures)) > 1:
+            detail = "; ".join(f"{f}: sample shape {s[0]}, {s[1]}, {s[2]} classes"
+                               for f, s in zip(self.files, signatures))
+            raise DataError(f"shards differ in sample shape, dtype or classes: {detail}")
+
+    def _check_labels(self):
+        bad = numpy.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))
+        if len(bad):
+            shard = int(numpy.searchsorted(self.starts, bad[0], side="right") - 1)
+            raise DataError(f"{self.files[shard]}: {len(bad)} {self.split} labels outside "
+                            f"[0, {self.num_classes}), the first at sample {bad[0]} "
+                            f"(label {self.labels[bad[0]]})")
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def check_finite(self, begin=0, end=None):
+        """DataError if float samples [begin, end) hold NaN or Inf (read chunk by chunk)."""
+        if self.dtype.kind != "f":
+            return
+        end = len(self) if end is None else end
+        step = self.xs[0].chunks[0] if self.xs[0].chunks else 1024
+        for start in range(begin, end, step):
+            block = self.read(numpy.arange(start, min(end, start + step)))
+            bad = ~numpy.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            if bad.any():
+                where = start + int(numpy.flatnonzero(bad)[0])
+                shard = int(numpy.searchsorted(self.starts, where, side="right") - 1)
+                raise DataError(f"{self.files[shard]}: {self.split} sample {where} contains "
+                                "NaN or Inf")
+
+    def load_into_memory(self, budget_bytes):
+        """Keep the whole split in memory when it fits the budget; True if it did."""
+        size = len(self) * self.dtype.itemsize * int(numpy.prod(self.sample_shape))
+        if size > budget_bytes:
+            return False
+        self.cache = numpy.concatenate([x[:] for x in self.xs])
+        return True
+
+    def read(self, indices):
+        """Samples at `indices` (any order, repeats allowed), in their stored dtype."""
+        indices = numpy.asarray(indices, dtype=numpy.int64)
+        if self.cache is not None:
+            return self.cache[indices]
+        order = numpy.argsort(indices, kind="stable")
+        wanted = indices[order]
+        out = numpy.empty((len(indices),) + self.sample_shape, dtype=self.dtype)
+        position = 0
+        for k, x in enumerate(self.xs):  # shard by shard
+            stop = int(numpy.searchsorted(wanted, self.starts[k + 1]))
+            local = wanted[position:stop] - self.starts[k]
+            self._read_sorted(x, local, out, order[position:stop])
+            position = stop
+        return out
+
+    @staticmethod
+    def _read_sorted(x, local, out, slots):
+        """out[slots] = x[local] for sorted local indices, by chunk or by contiguous run."""
+        chunk = x.chunks[0] if x.chunks else len(x)
+        i = 0
+        while i < len(local):
+            c0 = local[i] // chunk * chunk
+            j = int(numpy.searchsorted(local, c0 + chunk))
+            if j - i >= max(2, chunk // 8):  # many samples of this chunk: read it whole
+                block = x[c0:min(c0 + chunk, len(x))]
+                out[slots[i:j]] = block[local[i:j] - c0]
+                i = j
+                continue
+            run_end = i + 1  # a run of consecutive (or repeated) indices
+            while run_end < j and local[run_end] - local[run_end - 1] <= 1:
+                run_end += 1
+            block = x[local[i]:local[run_end - 1] + 1]
+            out[slots[i:run_end]] = block[local[i:run_end] - local[i]]
+            i = run_end
+
+    def close(self):
+        for h in self.handles:
+            h.close()
+
+
+def open_split(path, split, comm, check_values=True):
+    """Open and validate a split on every rank; any rank's DataError is raised on all of
+    them. Each rank scans its share of float samples for NaN/Inf (check_values)."""
+    from ..dist import raise_together
+    dataset, error = None, None
+    try:
+        dataset = HDF5Split(path, split)
+        n = len(dataset)
+        if n < comm.size:
+            raise DataError(f"{comm.size} ranks but the {split} split of {path} has only {n} "
+                            "samples: every rank needs at least one; use fewer ranks")
+        if check_values:
+            dataset.check_finite(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
+    except DataError as failure:
+        error = failure
+    try:
+        raise_together(comm, error, DataError)
+    except DataError:
+        if dataset is not None:
+            dataset.close()
+        raise
+    return dataset

@@ -1,0 +1,94 @@
+"""The prefetching loader: this rank's batches, read in the background, prepared on the device.
+
+A background thread reads the host batches of an epoch (indices from the sampler, samples from
+the HDF5 split) into a bounded queue, so reading overlaps training and memory stays at a few
+batches. Iteration moves each batch to the device, converts it to the float dtype there
+(uint8 travels as uint8), normalises it with the data set's per-channel mean and std, and
+augments it with a key (seed, rank, epoch, batch) so every batch's augmentation is
+reproducible, also after a resume in mid-epoch.
+"""
+import collections
+import queue
+import threading
+
+import numpy
+
+from .. import backend
+
+Batch = collections.namedtuple("Batch", "x y valid")  # valid: the first `valid` are real
+_END = object()
+
+
+class Loader:
+    def __init__(self, split, sampler, batch_size, augmenter=None, seed=0, prefetch=2,
+                 drop_last=False, cache_mb=0):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.split, self.sampler, self.batch_size = split, sampler, batch_size
+        self.augmenter, self.seed, self.prefetch, self.drop_last = augmenter, seed, prefetch, drop_last
+        self.cached = split.load_into_memory(cache_mb * 2**20) if cache_mb else False
+        shape = (1, -1, 1, 1)
+        self.mean = backend.to_device(split.mean.reshape(shape), dtype=backend.float_dtype)
+        self.inv_std = backend.to_device(1.0 / numpy.maximum(split.std, 1e-12).reshape(shape),
+                                         dtype=backend.float_dtype)
+
+    def __len__(self):
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self):
+        return self.epoch_batches(self.sampler.epoch)
+
+    def epoch_batches(self, epoch, first_batch=0):
+        """The batches of `epoch` from batch number `first_batch` on."""
+        self.sampler.set_epoch(epoch)
+        indices, real = self.sampler.indices()
+        starts = range(first_batch * self.batch_size, len(self) * self.batch_size,
+                       self.batch_size)
+        pending = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for start in starts:
+                    chosen = indices[start:start + self.batch_size]
+                    item = (self.split.read(chosen), self.split.labels[chosen],
+                            int(real[start:start + self.batch_size].sum()))
+                    while not stop.is_set():
+                        try:
+                            pending.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                item = _END
+            except BaseException as error:  # handed to the consumer, raised there
+                item = error
+            while not stop.is_set():
+                try:
+                    pending.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    pass
+
+        reader = threading.Thread(target=produce, name="data-reader", daemon=True)
+        reader.start()
+        try:
+            for number in range(first_batch, first_batch + len(starts)):
+                item = pending.get()
+                if isinstance(item, BaseException):
+                    raise item
+                x, y, valid = item
+                yield Batch(self.prepare(x, (self.seed, self.sampler.rank, epoch, number), epoch),
+                            backend.to_device(y), valid)
+            if pending.get() is not _END:
+                raise RuntimeError("data reader produced more batches than expected")
+        finally:
+            stop.set()
+            reader.join()
+
+    def prepare(self, x, key, epoch):
+        """Host samples -> normalised (and augmented) float batch on the device."""
+        x = backend.to_device(x).astype(backend.float_dtype)
+        x -= self.mean
+        x *= self.inv_std
+        return self.augmenter(x, key, epoch) if self.augmenter is not None else x

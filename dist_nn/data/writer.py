@@ -1,0 +1,148 @@
+"""Writing the HDF5 data layout, validated as it is written.
+
+Layout (DESIGN §3), in one file or in shard files `name-00000-of-00008.h5` that each hold a
+contiguous share of every split:
+
+    /train/x  (N, C, H, W) uint8 or float32, chunked along N     /train/y  (N,) int64
+    /val/x, /val/y                                                (optional)
+    attrs: num_classes, mean (C,), std (C,) of /train/x in its stored units, source
+
+Files are written under a temporary name and renamed when complete, so a failed conversion
+never leaves a file that looks valid.
+"""
+import os
+from pathlib import Path
+
+import h5py
+import numpy
+from tqdm import tqdm
+
+SAMPLE_DTYPES = (numpy.uint8, numpy.float32)
+CHUNK_BYTES = 1 << 20  # default chunk: about 1 MiB of samples
+
+
+def shard_paths(path, shards):
+    """[path] for one shard, else name-00000-of-0000S.h5 beside it (path without .h5 too)."""
+    path = Path(path)
+    if shards == 1:
+        return [path.with_suffix(".h5") if path.suffix != ".h5" else path]
+    stem = path.name[:-3] if path.name.endswith(".h5") else path.name
+    return [path.with_name(f"{stem}-{k:05d}-of-{shards:05d}.h5") for k in range(shards)]
+
+
+class DatasetWriter:
+    """Write splits of known sizes sample-batch by sample-batch (memory stays at one batch).
+
+        with DatasetWriter("cifar10.h5", 10, (3, 32, 32), numpy.uint8,
+                           {"train": 50000, "val": 10000}, source="CIFAR-10") as w:
+            w.append("train", x, y) ...
+    """
+
+    def __init__(self, path, num_classes, sample_shape, dtype, counts, source, shards=1,
+                 chunk_samples=None, compression=None, progress=None):
+        dtype = numpy.dtype(dtype)
+        if dtype not in [numpy.dtype(d) for d in SAMPLE_DTYPES]:
+            raise ValueError(f"samples must be uint8 or float32, got {dtype}")
+        if "train" not in counts or any(n < 1 for n in counts.values()):
+            raise ValueError(f"need a non-empty 'train' split, got counts {counts}")
+        if shards < 1 or shards > min(counts.values()):
+            raise ValueError(f"shards must be between 1 and the smallest split size "
+                             f"({min(counts.values())}), got {shards}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes, self.sample_shape, self.dtype = num_classes, tuple(sample_shape), dtype
+        self.counts, self.source = dict(counts), source
+        self.paths = shard_paths(path, shards)
+        self.temporary = [p.with_name(p.name + ".partial") for p in self.paths]
+        sample_bytes = dtype.itemsize * int(numpy.prod(self.sample_shape))
+        chunk = chunk_samples or max(1, CHUNK_BYTES // sample_bytes)
+        self.bounds = {split: [n * k // shards for k in range(shards + 1)]
+                       for split, n in counts.items()}  # shard k holds [bounds[k], bounds[k+1])
+        self.written = {split: 0 for split in counts}
+        channels = self.sample_shape[0]
+        self.sums = numpy.zeros((2, channels))  # per channel: sum x, sum x^2 of train
+        self.files = []
+        for tmp in self.temporary:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.files.append(h5py.File(tmp, "w"))
+        for k, f in enumerate(self.files):
+            for split in counts:
+                n = self.bounds[split][k + 1] - self.bounds[split][k]
+                f.create_dataset(f"{split}/x", (n,) + self.sample_shape, dtype=dtype,
+                                 chunks=(min(chunk, n),) + self.sample_shape,
+                                 compression=compression)
+                f.create_dataset(f"{split}/y", (n,), dtype=numpy.int64)
+        total = sum(counts.values())
+        show = progress if progress is not None else total * sample_bytes > (256 << 20)
+        self.bar = tqdm(total=total, unit="samples", desc=f"writing {self.paths[0].name}",
+                        disable=not show)
+
+    def append(self, split, x, y):
+        """Add the next samples of a split: x (n, *sample_shape), y (n,) labels."""
+        if split not in self.counts:
+            raise ValueError(f"unknown split {split!r}; this file has {sorted(self.counts)}")
+        x, y = numpy.asarray(x), numpy.asarray(y)
+        if x.shape[1:] != self.sample_shape or len(x) != len(y) or y.ndim != 1:
+            raise ValueError(f"{split}: expected x (n, {', '.join(map(str, self.sample_shape))}) "
+                             f"and y (n,), got {x.shape} and {y.shape}")
+        if x.dtype != self.dtype:
+            raise ValueError(f"{split}: samples are {x.dtype}, this file stores {self.dtype}")
+        if y.dtype.kind not in "iu" or (len(y) and (y.min() < 0 or y.max() >= self.num_classes)):
+            raise ValueError(f"{split}: labels must be integers in [0, {self.num_classes}), got "
+                             f"{y.dtype} in [{y.min() if len(y) else '-'}, "
+                             f"{y.max() if len(y) else '-'}]")
+        if x.dtype.kind == "f" and not numpy.isfinite(x).all():
+            raise ValueError(f"{split}: samples contain NaN or Inf")
+        start = self.written[split]
+        if start + len(x) > self.counts[split]:
+            raise ValueError(f"{split}: more than the declared {self.counts[split]} samples")
+        bounds = self.bounds[split]
+        for k, f in enumerate(self.files):  # the part of [start, start + n) in shard k
+            lo, hi = max(start, bounds[k]), min(start + len(x), bounds[k + 1])
+            if lo < hi:
+                f[f"{split}/x"][lo - bounds[k]:hi - bounds[k]] = x[lo - start:hi - start]
+                f[f"{split}/y"][lo - bounds[k]:hi - bounds[k]] = y[lo - start:hi - start]
+        if split == "train":
+            values = x.astype(numpy.float64).swapaxes(0, 1).reshape(len(self.sums[0]), -1)
+            self.sums[0] += values.sum(axis=1)
+            self.sums[1] += (values * values).sum(axis=1)
+        self.written[split] += len(x)
+        self.bar.update(len(x))
+
+    def close(self):
+        """Check every split is complete, write the attributes, and publish the files."""
+        short = {s: (self.written[s], n) for s, n in self.counts.items() if self.written[s] != n}
+        if short:
+            raise ValueError("incomplete splits (written, declared): " + ", ".join(
+                f"{s} {w}/{n}" for s, (w, n) in short.items()))
+        n = self.counts["train"] * int(numpy.prod(self.sample_shape[1:]))
+        mean = self.sums[0] / n
+        std = numpy.sqrt(numpy.maximum(self.sums[1] / n - mean * mean, 0.0))
+        for f in self.files:
+            f.attrs.update(num_classes=self.num_classes, mean=mean, std=std, source=self.source)
+            f.close()
+        for tmp, path in zip(self.temporary, self.paths):
+            os.replace(tmp, path)
+        self.bar.close()
+        return self.paths
+
+    def abandon(self):
+        """Close and delete the partial files (after an error)."""
+        for f in self.files:
+            f.close()
+        for tmp in self.temporary:
+            tmp.unlink(missing_ok=True)
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None:
+            self.abandon()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abandon()
+            raise
