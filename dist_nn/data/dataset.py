@@ -60,6 +60,8 @@ class HDF5Split:
         self.mean = numpy.asarray(first.attrs["mean"], dtype=numpy.float64)
         self.std = numpy.asarray(first.attrs["std"], dtype=numpy.float64)
         self.source = str(first.attrs.get("source", ""))
+        names = first.attrs.get("class_names")  # optional: label -> name, in label order
+        self.class_names = None if names is None else [str(n) for n in names]
         self.labels = numpy.concatenate([h[f"{split}/y"][:] for h in self.handles])
         self._check_labels()
         self.cache = None

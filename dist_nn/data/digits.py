@@ -18,15 +18,17 @@ def arrays():
         return data["images"], data["labels"].astype(numpy.int64)
 
 
-def build(path, val_fraction=0.2, seed=0, shards=1, compression=None):
-    """Write the digits to `path` (or shard files); returns the written paths."""
+def build(path, val_fraction=0.2, seed=0, **output):
+    """Write the digits to `path` (or shard files; `output`: DatasetWriter options such as
+    shards, chunk_samples, compression); no /val when val_fraction is 0. Returns the paths."""
     images, labels = arrays()
     order = numpy.random.default_rng(seed).permutation(len(images))
     held_out = int(round(len(images) * val_fraction))
-    val, train = order[:held_out], order[held_out:]
+    splits = {"train": order[held_out:], "val": order[:held_out]}
+    splits = {name: part for name, part in splits.items() if len(part)}
     with DatasetWriter(path, 10, images.shape[1:], numpy.uint8,
-                       {"train": len(train), "val": len(val)}, SOURCE, shards=shards,
-                       compression=compression) as writer:
-        writer.append("train", images[train], labels[train])
-        writer.append("val", images[val], labels[val])
+                       {name: len(part) for name, part in splits.items()}, SOURCE,
+                       **output) as writer:
+        for name, part in splits.items():
+            writer.append(name, images[part], labels[part])
     return writer.paths

@@ -5,7 +5,8 @@ contiguous share of every split:
 
     /train/x  (N, C, H, W) uint8 or float32, chunked along N     /train/y  (N,) int64
     /val/x, /val/y                                                (optional)
-    attrs: num_classes, mean (C,), std (C,) of /train/x in its stored units, source
+    attrs: num_classes, mean (C,), std (C,) of /train/x in its stored units, source, and any
+           extra attributes a converter adds (e.g. class_names)
 
 Files are written under a temporary name and renamed when complete, so a failed conversion
 never leaves a file that looks valid.
@@ -39,19 +40,22 @@ class DatasetWriter:
     """
 
     def __init__(self, path, num_classes, sample_shape, dtype, counts, source, shards=1,
-                 chunk_samples=None, compression=None, progress=None):
+                 chunk_samples=None, compression=None, progress=None, attrs=None):
         dtype = numpy.dtype(dtype)
         if dtype not in [numpy.dtype(d) for d in SAMPLE_DTYPES]:
             raise ValueError(f"samples must be uint8 or float32, got {dtype}")
-        if "train" not in counts or any(n < 1 for n in counts.values()):
-            raise ValueError(f"need a non-empty 'train' split, got counts {counts}")
+        if "train" not in counts:
+            raise ValueError(f"a 'train' split is required, got the splits {sorted(counts)}")
+        empty = [split for split, n in counts.items() if n < 1]
+        if empty:
+            raise ValueError(f"splits must not be empty: {empty} (leave a split out instead)")
         if shards < 1 or shards > min(counts.values()):
             raise ValueError(f"shards must be between 1 and the smallest split size "
                              f"({min(counts.values())}), got {shards}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.sample_shape, self.dtype = num_classes, tuple(sample_shape), dtype
-        self.counts, self.source = dict(counts), source
+        self.counts, self.source, self.attrs = dict(counts), source, dict(attrs or {})
         self.paths = shard_paths(path, shards)
         self.temporary = [p.with_name(p.name + ".partial") for p in self.paths]
         sample_bytes = dtype.itemsize * int(numpy.prod(self.sample_shape))
@@ -102,10 +106,10 @@ class DatasetWriter:
             if lo < hi:
                 f[f"{split}/x"][lo - bounds[k]:hi - bounds[k]] = x[lo - start:hi - start]
                 f[f"{split}/y"][lo - bounds[k]:hi - bounds[k]] = y[lo - start:hi - start]
-        if split == "train":
-            values = x.astype(numpy.float64).swapaxes(0, 1).reshape(len(self.sums[0]), -1)
-            self.sums[0] += values.sum(axis=1)
-            self.sums[1] += (values * values).sum(axis=1)
+        if split == "train":  # float64 sums without float64 copies of the batch
+            values = x.reshape(len(x), len(self.sums[0]), -1)
+            self.sums[0] += values.sum(axis=(0, 2), dtype=numpy.float64)
+            self.sums[1] += numpy.einsum("ncp,ncp->c", values, values, dtype=numpy.float64)
         self.written[split] += len(x)
         self.bar.update(len(x))
 
@@ -119,6 +123,7 @@ class DatasetWriter:
         mean = self.sums[0] / n
         std = numpy.sqrt(numpy.maximum(self.sums[1] / n - mean * mean, 0.0))
         for f in self.files:
+            f.attrs.update(self.attrs)
             f.attrs.update(num_classes=self.num_classes, mean=mean, std=std, source=self.source)
             f.close()
         for tmp, path in zip(self.temporary, self.paths):

@@ -65,3 +65,16 @@ def test_an_incomplete_split_is_not_published(tmp_path, samples):
         with DatasetWriter(tmp_path / "d.h5", 10, (3, 5, 5), np.uint8, {"train": 40}, "t") as w:
             w.append("train", x[:20], y[:20])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_attributes_travel_with_every_shard(tmp_path, samples):
+    x, y = samples
+    with DatasetWriter(tmp_path / "d", 10, (3, 5, 5), np.uint8, {"train": 40}, "t", shards=2,
+                       attrs={"class_names": [f"c{k}" for k in range(10)]}) as w:
+        w.append("train", x, y)
+    assert HDF5Split(tmp_path / "d-*.h5").class_names == [f"c{k}" for k in range(10)]
+
+
+def test_empty_splits_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"must not be empty: \['val'\]"):
+        DatasetWriter(tmp_path / "d.h5", 2, (1, 2, 2), np.uint8, {"train": 3, "val": 0}, "t")

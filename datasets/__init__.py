@@ -1,0 +1,4 @@
+"""Converters from users' data to dist_nn's HDF5 layout (DESIGN §3), one module per format,
+each with `convert(...) -> list of written paths`; run them as `python -m datasets FORMAT ...`.
+Every converter writes through dist_nn.data.DatasetWriter and raises ValueError, naming the
+file and what is wrong, for malformed input."""

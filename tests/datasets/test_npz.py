@@ -1,0 +1,81 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+from datasets import npz
+from tests.datasets.readback import assert_holds, read_back
+
+REPO = Path(__file__).resolve().parents[2]
+rng = numpy.random.default_rng(0)
+X = rng.integers(0, 256, (9, 3, 4, 5), dtype=numpy.uint8)
+Y = rng.integers(0, 4, 9)
+X_VAL = rng.integers(0, 256, (4, 3, 4, 5), dtype=numpy.uint8)
+Y_VAL = numpy.array([3, 0, 1, 2], dtype=numpy.int32)
+
+
+def test_nchw_with_val_compressed(tmp_path):
+    numpy.savez_compressed(tmp_path / "a.npz", x=X, y=Y, x_val=X_VAL, y_val=Y_VAL)
+    assert_holds(npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")[0],
+                 {"train": (X, Y), "val": (X_VAL, Y_VAL.astype(numpy.int64))}, 4)
+
+
+def test_channels_last_float_and_key_names(tmp_path):
+    numpy.savez(tmp_path / "a.npz", images=X.transpose(0, 2, 3, 1) / 255.0, targets=Y)
+    path = npz.convert(tmp_path / "a.npz", tmp_path / "a.h5", channels_last=True,
+                       num_classes=7, x_key="images", y_key="targets")[0]
+    assert_holds(path, {"train": ((X / 255.0).astype(numpy.float32), Y)}, 7)
+
+
+def test_grayscale_and_fortran_order(tmp_path):
+    gray = numpy.asfortranarray(X[:, 0])  # stored column-major: read whole, not by rows
+    numpy.savez(tmp_path / "a.npz", x=gray, y=Y)
+    assert_holds(npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")[0],
+                 {"train": (X[:, :1], Y)}, 4)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": X}, r"a.npz has no array 'y' \(it has \['x'\]\)"),
+    ({"x": X, "y": Y, "x_val": X_VAL}, "has no array 'y_val'"),
+    ({"x": X, "y": Y[:-1]}, r"a.npz:y has shape \(8,\); expected \(9,\)"),
+    ({"x": X, "y": Y / 2}, "a.npz:y: labels must be integers, got float64"),
+    ({"x": X, "y": Y - 1}, r"a.npz:y: label -1 at index \d+ is outside"),
+    ({"x": X[:, 0, 0], "y": Y}, r"a.npz:x has shape \(9, 5\); samples must be"),
+    ({"x": X[:0], "y": Y[:0]}, "with no empty axis"),
+    ({"x": X.astype(str), "y": Y}, "a.npz:x: holds <U3 values; need numbers"),
+    ({"x": X, "y": Y, "x_val": X_VAL[:, :1], "y_val": Y_VAL}, "differ in sample shape"),
+    ({"x": X, "y": Y, "x_val": X_VAL / 1.0, "y_val": Y_VAL}, "differ in sample shape or type"),
+])
+def test_malformed_arrays(tmp_path, arrays, message):
+    numpy.savez(tmp_path / "a.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")
+
+
+def test_missing_and_damaged_files(tmp_path):
+    with pytest.raises(ValueError, match="absent.npz: no such file"):
+        npz.convert(tmp_path / "absent.npz", tmp_path / "a.h5")
+    numpy.savez(tmp_path / "a.npz", x=X, y=Y)
+    whole = (tmp_path / "a.npz").read_bytes()
+    (tmp_path / "a.npz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="a.npz: not a readable .npz archive"):
+        npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")
+
+
+def test_command_line_entry_point(tmp_path):
+    numpy.savez(tmp_path / "a.npz", x=X, y=Y, x_val=X_VAL, y_val=Y_VAL)
+    run = subprocess.run([sys.executable, "-m", "datasets", "npz", str(tmp_path / "a.npz"),
+                          "--out", str(tmp_path / "a.h5"), "--shards", "2",
+                          "--compression", "lzf"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(tmp_path / f"a-0000{k}-of-00002.h5") for k in (0, 1)]
+    x, y, _ = read_back(str(tmp_path / "a-*-of-00002.h5"), "val")
+    numpy.testing.assert_array_equal(x, X_VAL)
+    numpy.testing.assert_array_equal(y, Y_VAL)
+    run = subprocess.run([sys.executable, "-m", "datasets", "npz", str(tmp_path / "absent.npz"),
+                          "--out", str(tmp_path / "b.h5")], cwd=REPO, capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("python -m datasets npz: error: ") and "no such file" in run.stderr
