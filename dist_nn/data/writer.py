@@ -77,9 +77,11 @@ class DatasetWriter:
                                  compression=compression)
                 f.create_dataset(f"{split}/y", (n,), dtype=numpy.int64)
         total = sum(counts.values())
-        show = progress if progress is not None else total * sample_bytes > (256 << 20)
+        # by default a bar for large files, and only on a terminal (tqdm's disable=None)
+        quiet = not progress if progress is not None else (
+            None if total * sample_bytes > (256 << 20) else True)
         self.bar = tqdm(total=total, unit="samples", desc=f"writing {self.paths[0].name}",
-                        disable=not show)
+                        disable=quiet)
 
     def append(self, split, x, y):
         """Add the next samples of a split: x (n, *sample_shape), y (n,) labels."""
