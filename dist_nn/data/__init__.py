@@ -1,9 +1,9 @@
 """Data: the HDF5 layout (writer, reader), the distributed sampler, augmentation and the
 prefetching loader."""
-from .dataset import DataError, HDF5Split, open_split, shard_files
+from .dataset import DataError, HDF5Split, Subset, open_split, shard_files
 from .loader import Batch, Loader
 from .sampler import DistributedSampler
 from .writer import DatasetWriter, shard_paths
 
 __all__ = ["Batch", "DataError", "DatasetWriter", "DistributedSampler", "HDF5Split", "Loader",
-           "open_split", "shard_files", "shard_paths"]
+           "Subset", "open_split", "shard_files", "shard_paths"]

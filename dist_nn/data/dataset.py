@@ -166,6 +166,25 @@ class HDF5Split:
             h.close()
 
 
+class Subset:
+    """Some samples of a split, seen as a split of their own (e.g. a tiny subset to overfit)."""
+
+    def __init__(self, split, indices):
+        self.split, self.indices = split, numpy.asarray(indices)
+        self.labels = split.labels[self.indices]
+        for name in ("sample_shape", "dtype", "num_classes", "mean", "std", "class_names"):
+            setattr(self, name, getattr(split, name))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def read(self, indices):
+        return self.split.read(self.indices[numpy.asarray(indices)])
+
+    def load_into_memory(self, budget_bytes):
+        return False
+
+
 def open_split(path, split, comm, check_values=True):
     """Open and validate a split on every rank; any rank's DataError is raised on all of
     them. Each rank scans its share of float samples for NaN/Inf (check_values)."""

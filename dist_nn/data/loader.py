@@ -20,11 +20,17 @@ _END = object()
 
 
 class Loader:
-    def __init__(self, split, sampler, batch_size, augmenter=None, seed=0, prefetch=2,
+    """Batches of `global_batch` samples over all ranks: the k-th global batch is positions
+    [k G, (k + 1) G) of the sampler's epoch order, and this rank's share is the positions it
+    holds (every size-th one), so shares differ by at most one sample when G is not a
+    multiple of the world size. drop_last leaves out a last, incomplete global batch."""
+
+    def __init__(self, split, sampler, global_batch, augmenter=None, seed=0, prefetch=2,
                  drop_last=False, cache_mb=0):
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        self.split, self.sampler, self.batch_size = split, sampler, batch_size
+        if global_batch < sampler.size:
+            raise ValueError(f"a global batch of {global_batch} cannot give each of "
+                             f"{sampler.size} ranks a sample; use a larger batch")
+        self.split, self.sampler, self.global_batch = split, sampler, global_batch
         self.augmenter, self.seed, self.prefetch, self.drop_last = augmenter, seed, prefetch, drop_last
         self.cached = split.load_into_memory(cache_mb * 2**20) if cache_mb else False
         shape = (1, -1, 1, 1)
@@ -33,8 +39,15 @@ class Loader:
                                          dtype=backend.float_dtype)
 
     def __len__(self):
-        full, rest = divmod(len(self.sampler), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        if self.drop_last:
+            return self.sampler.n // self.global_batch
+        return -(-len(self.sampler) * self.sampler.size // self.global_batch)
+
+    def bounds(self):
+        """Start of each of this rank's batches in its index list, and the end of the last."""
+        rank, size = self.sampler.rank, self.sampler.size
+        return [min(len(self.sampler), (k * self.global_batch - rank + size - 1) // size)
+                for k in range(len(self) + 1)]
 
     def __iter__(self):
         return self.epoch_batches(self.sampler.epoch)
@@ -43,17 +56,17 @@ class Loader:
         """The batches of `epoch` from batch number `first_batch` on."""
         self.sampler.set_epoch(epoch)
         indices, real = self.sampler.indices()
-        starts = range(first_batch * self.batch_size, len(self) * self.batch_size,
-                       self.batch_size)
+        bounds = self.bounds()
+        spans = list(zip(bounds[first_batch:-1], bounds[first_batch + 1:]))
         pending = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
         def produce():
             try:
-                for start in starts:
-                    chosen = indices[start:start + self.batch_size]
+                for start, end in spans:
+                    chosen = indices[start:end]
                     item = (self.split.read(chosen), self.split.labels[chosen],
-                            int(real[start:start + self.batch_size].sum()))
+                            int(real[start:end].sum()))
                     while not stop.is_set():
                         try:
                             pending.put(item, timeout=0.1)
@@ -73,7 +86,7 @@ class Loader:
         reader = threading.Thread(target=produce, name="data-reader", daemon=True)
         reader.start()
         try:
-            for number in range(first_batch, first_batch + len(starts)):
+            for number in range(first_batch, first_batch + len(spans)):
                 item = pending.get()
                 if isinstance(item, BaseException):
                     raise item

@@ -57,7 +57,8 @@ class DatasetWriter:
         self.num_classes, self.sample_shape, self.dtype = num_classes, tuple(sample_shape), dtype
         self.counts, self.source, self.attrs = dict(counts), source, dict(attrs or {})
         self.paths = shard_paths(path, shards)
-        self.temporary = [p.with_name(p.name + ".partial") for p in self.paths]
+        # unique per process: several writers (one per node) may build the same cache file
+        self.temporary = [p.with_name(f"{p.name}.partial-{os.getpid()}") for p in self.paths]
         sample_bytes = dtype.itemsize * int(numpy.prod(self.sample_shape))
         chunk = chunk_samples or max(1, CHUNK_BYTES // sample_bytes)
         self.bounds = {split: [n * k // shards for k in range(shards + 1)]

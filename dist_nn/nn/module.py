@@ -92,26 +92,39 @@ class Module:
         return self.train(False)
 
     # --- hooks ---------------------------------------------------------------------------
+    def add_forward_hook(self, hook):
+        """Call hook(module, output) after every forward of this module."""
+        self._add_hook("forward", hook)
+
     def add_backward_hook(self, hook):
         """Call hook(module) after every backward of this module, when the gradients of its
         own parameters are final (gradient sync starts allreduces from here)."""
-        hooks = self.__dict__.setdefault("_backward_hooks", [])
-        if not hooks:  # shadow the class's backward with one that runs the hooks
-            backward = type(self).backward
+        self._add_hook("backward", hook)
 
-            def backward_with_hooks(dy):
-                dx = backward(self, dy)
-                for h in list(hooks):
-                    h(self)
-                return dx
-            object.__setattr__(self, "backward", backward_with_hooks)
-        hooks.append(hook)
+    def remove_forward_hook(self, hook):
+        self._remove_hook("forward", hook)
 
     def remove_backward_hook(self, hook):
-        hooks = self.__dict__.get("_backward_hooks", [])
+        self._remove_hook("backward", hook)
+
+    def _add_hook(self, kind, hook):
+        hooks = self.__dict__.setdefault(f"_{kind}_hooks", [])
+        if not hooks:  # shadow the class's method with one that runs the hooks
+            method = getattr(type(self), kind)
+
+            def with_hooks(arg):
+                result = method(self, arg)
+                for h in list(hooks):
+                    h(self, result) if kind == "forward" else h(self)
+                return result
+            object.__setattr__(self, kind, with_hooks)
+        hooks.append(hook)
+
+    def _remove_hook(self, kind, hook):
+        hooks = self.__dict__.get(f"_{kind}_hooks", [])
         hooks.remove(hook)
         if not hooks:
-            del self.__dict__["backward"]
+            del self.__dict__[kind]
 
     def zero_grad(self):
         for p in self.parameters():

@@ -38,7 +38,7 @@ def test_batches_follow_the_sampler_and_are_normalised(split, samples, drop_last
 
 def test_padding_is_counted_out(split):
     sampler = DistributedSampler(40, rank=2, size=3, shuffle=False)  # 14 per rank, 2 padded
-    batches = list(Loader(split, sampler, 10))
+    batches = list(Loader(split, sampler, 30))  # 10 per rank
     assert [(len(b.x), b.valid) for b in batches] == [(10, 10), (4, 3)]  # 13 real + 1 pad
 
 
@@ -82,3 +82,22 @@ def test_cache_serves_the_same_samples(split, samples):
     assert loader.cached
     order, _ = loader.sampler.indices()
     np.testing.assert_allclose(next(iter(loader)).x, normalised(split, x[order]), atol=1e-5)
+
+
+@pytest.mark.parametrize("global_batch", [6, 7, 9])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_rank_shares_make_up_each_global_batch(split, global_batch, drop_last):
+    """Any global batch size on 3 ranks: the ranks' k-th batches together are global batch k
+    of the epoch order, shares differing by at most one sample."""
+    samplers = [DistributedSampler(40, r, 3, seed=4) for r in range(3)]
+    loaders = [Loader(split, s, global_batch, drop_last=drop_last) for s in samplers]
+    order = samplers[0].global_order()
+    per_rank = [list(loader) for loader in loaders]
+    assert len({len(batches) for batches in per_rank}) == 1
+    assert len(per_rank[0]) == (40 // global_batch if drop_last else -(-42 // global_batch))
+    for k, shares in enumerate(zip(*per_rank)):
+        sizes = [len(b.y) for b in shares]
+        assert max(sizes) - min(sizes) <= 1
+        labels = np.sort(np.concatenate([b.y for b in shares]))
+        expected = np.sort(split.labels[order[k * global_batch:(k + 1) * global_batch]])
+        np.testing.assert_array_equal(labels, expected)

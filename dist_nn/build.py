@@ -1,0 +1,161 @@
+"""Building a run's parts from its config: the run directory, the data path, augmentation,
+optimizer and schedules, and transfer learning (initial weights, frozen layers)."""
+import datetime
+import os
+from pathlib import Path
+
+import h5py
+
+from . import checkpoint, config as configuration, optim
+from .data import augment, digits
+
+CACHE = Path(os.environ.get("DIST_NN_CACHE", Path.home() / ".cache" / "dist_nn"))
+
+
+def prepare_run_dir(config):
+    """Create the run directory (log.run_dir, or runs/<timestamp>) and save the resolved
+    config in it; returns its path (called on rank 0)."""
+    run_dir = Path(config.log.run_dir or
+                   Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(configuration.to_toml(config))
+    return run_dir
+
+
+def data_path(path, comm):
+    """The data files to read: `digits` is the embedded data set, built once per node into
+    the cache ($DIST_NN_CACHE, else ~/.cache/dist_nn) by the node's first rank."""
+    if path != "digits":
+        return path
+    cached = CACHE / "digits.h5"
+    if comm.local_rank == 0 and not cached.exists():
+        digits.build(cached)
+    comm.barrier()
+    return str(cached)
+
+
+def has_split(path, split):
+    """True when the (first) data file has `split`; every rank sees the same answer."""
+    from .data import shard_files
+    with h5py.File(shard_files(path)[0], "r") as f:
+        return f"{split}/x" in f
+
+
+def make_augmenter(augment_config, epochs):
+    """The configured augmentation pipeline, or None when augment.enabled is false."""
+    a = augment_config
+    if not a.enabled:
+        return None
+    ops = {}
+    if a.flip > 0:
+        ops["flip"] = {"p": a.flip}
+    if a.crop > 0:
+        ops["crop"] = {"padding": a.crop}
+    if a.rotate > 0:
+        ops["rotate"] = {"degrees": a.rotate, "p": a.probability}
+    if a.scale > 0:
+        ops["scale"] = {"amount": a.scale, "p": a.probability}
+    if a.brightness > 0 or a.contrast > 0:
+        ops["brightness_contrast"] = {"brightness": a.brightness, "contrast": a.contrast,
+                                      "p": a.probability}
+    if a.noise > 0:
+        ops["noise"] = {"std": a.noise, "p": a.probability}
+    if a.cutout > 0:
+        ops["cutout"] = {"size": a.cutout, "p": a.probability}
+    return augment.from_config(ops, taper_epochs=a.taper_epochs, epochs=epochs)
+
+
+def make_optimizer(optim_config, params, lr):
+    c = optim_config
+    options = {
+        "sgd": dict(momentum=c.momentum, nesterov=c.nesterov),
+        "rmsprop": dict(momentum=c.momentum, eps=c.eps),
+        "adam": dict(betas=tuple(c.betas), eps=c.eps),
+        "adamw": dict(betas=tuple(c.betas), eps=c.eps),
+    }.get(c.name, {})
+    return optim.OPTIMIZERS[c.name](params, lr=lr, weight_decay=c.weight_decay, l1=c.l1,
+                                    **options)
+
+
+def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):
+    """([schedules stepped once per optimizer step], the plateau schedule stepped once per
+    epoch with its metric, or None). Lengths in the config are epochs; cosine spans the run
+    (total_steps) after the warmup."""
+    c = schedule_config
+    steps = lambda epochs: max(1, round(epochs * steps_per_epoch))  # noqa: E731
+    per_step = []
+    if c.name == "plateau":
+        if c.warmup_epochs:
+            raise configuration.ConfigError("schedule.warmup_epochs does not combine with the "
+                                            "plateau schedule")
+        plateau = optim.PlateauDecay(opt, mode="min" if c.plateau_metric.endswith("loss") else
+                                     "max", factor=c.plateau_factor,
+                                     patience=c.plateau_patience, min_lr=c.min_lr)
+    else:
+        plateau = None
+        main = {
+            "constant": lambda: optim.Constant(opt),
+            "step": lambda: optim.StepDecay(opt, steps(c.step_epochs), c.gamma),
+            "multistep": lambda: optim.MultiStepDecay(opt, [steps(m) for m in c.milestones],
+                                                      c.gamma),
+            "exponential": lambda: optim.ExponentialDecay(opt, c.decay / steps_per_epoch),
+            "inverse_time": lambda: optim.InverseTimeDecay(opt, c.decay / steps_per_epoch),
+            "cosine": lambda: optim.CosineDecay(
+                opt, max(1, total_steps - (steps(c.warmup_epochs) if c.warmup_epochs else 0)),
+                c.min_lr),
+        }[c.name]()
+        per_step.append(optim.Warmup(opt, steps(c.warmup_epochs), c.warmup_start, after=main)
+                        if c.warmup_epochs else main)
+    if c.momentum_start:
+        if not hasattr(opt, "momentum"):
+            raise configuration.ConfigError("schedule.momentum_start needs an optimizer with "
+                                            "momentum (sgd or rmsprop)")
+        per_step.append(optim.MomentumRamp(opt, c.momentum_start, opt.momentum,
+                                           steps(c.momentum_epochs)))
+    return per_step, plateau
+
+
+def classifier_names(model):
+    """Parameter names of the model's last layer with parameters (its classifier)."""
+    owners = [(prefix, m) for prefix, m in model.named_modules() if m.own_parameters()]
+    prefix, last = owners[-1]
+    return {f"{prefix}.{name}" if prefix else name for name, _ in last.own_parameters()}
+
+
+def transfer_weights(model, path):
+    """Initialise from a checkpoint (or a converted PyTorch state dict): every matching
+    parameter and buffer is copied; a classifier whose shape differs (another number of
+    classes) keeps its fresh initialisation. Returns what was done, for the log."""
+    try:
+        state, _, _ = checkpoint.read(path)
+    except checkpoint.CheckpointError as error:
+        raise configuration.ConfigError(f"model.init_from: {error}") from None
+    own = model.state_dict()
+    classifier = classifier_names(model)
+    replaced = {k for k in classifier if k in state and state[k].shape != own[k].shape}
+    problems = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                if k in state and k not in replaced and state[k].shape != v.shape]
+    missing = [k for k in own if k not in state and k not in classifier]
+    if problems or missing:
+        raise configuration.ConfigError(
+            f"model.init_from {path} does not fit this model: "
+            + "; ".join(problems + [f"{k} missing" for k in missing[:5]]))
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in replaced},
+                          strict=False)
+    note = f"; replaced classifier {sorted(replaced)}" if replaced else ""
+    return f"initialised from {path}{note}"
+
+
+def freeze(model, prefixes):
+    """Parameters whose names start with one of `prefixes` stop training (no optimizer
+    update, no gradient sync)."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        hits = [name for name in names if name == prefix or name.startswith(prefix + ".")]
+        if not hits:
+            raise configuration.ConfigError(
+                f"model.freeze: {prefix!r} matches no parameter; names start with "
+                f"{sorted({n.split('.')[0] for n in names})}")
+    for name, p in model.named_parameters():
+        if any(name == q or name.startswith(q + ".") for q in prefixes):
+            p.requires_grad = False

@@ -1,0 +1,326 @@
+"""The run configuration: typed sections (dataclasses), read from TOML, changed by dotted
+`section.key=value` overrides, validated with the valid choices named, saved as TOML.
+
+Every key has a type, a default and a one-line description; `reference()` renders them as the
+README's configuration table, so documentation and code cannot drift apart.
+"""
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+
+from . import models, optim
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: unknown key, wrong type, value out of range."""
+
+
+def option(default, help, choices=None):
+    """A config field: its default, a description, and (optionally) its allowed values."""
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    meta = {"help": help, "choices": choices}
+    if factory:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+MODELS = tuple(models.MODELS)
+OPTIMIZERS = tuple(optim.OPTIMIZERS)
+SCHEDULES = tuple(optim.SCHEDULES)
+METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+
+
+@dataclass
+class Model:
+    name: str = option("cnn", "model builder", MODELS)
+    dropout: float = option(0.3, "dropout probability of models with dropout (0 turns it off)")
+    sync_bn: bool = option(True, "synchronise BatchNorm statistics across ranks")
+    hidden: list = option([512, 512], "mlp: hidden layer widths")
+    activation: str = option("relu", "mlp: activation",
+                             ("relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh"))
+    batch_norm: bool = option(False, "mlp: BatchNorm1d after each hidden layer")
+    maxout_pieces: int = option(0, "mlp: > 0 makes each hidden layer a Maxout of that many pieces")
+    channels: list = option([32, 64], "cnn: channels of each conv-bn-relu-pool stage")
+    fc: int = option(128, "cnn: width of the fully connected layer")
+    init_from: str = option("", "transfer learning: a checkpoint (or converted PyTorch state "
+                                "dict) whose matching weights initialise the model")
+    freeze: list = option([], "transfer learning: parameter-name prefixes to freeze "
+                              "(e.g. [\"conv1\", \"layer1\"]); frozen weights are not trained "
+                              "and not synchronised")
+
+
+@dataclass
+class Data:
+    path: str = option("digits", "an HDF5 file, a glob of shard files, or `digits` (embedded)")
+    batch_size: int = option(0, "samples per rank per step; 0: global_batch_size split "
+                                "among the ranks")
+    global_batch_size: int = option(64, "samples per step over all ranks, when batch_size is "
+                                        "0: any world size then trains alike")
+    eval_batch_size: int = option(256, "samples per rank per evaluation batch")
+    cache_mb: int = option(512, "keep a split in memory when it fits this many MiB")
+    prefetch: int = option(2, "batches read ahead by the background reader")
+
+
+@dataclass
+class Augment:
+    enabled: bool = option(False, "master switch for augmentation (training data only)")
+    flip: float = option(0.5, "probability of a horizontal flip")
+    crop: int = option(4, "pad-and-random-crop: translation by up to this many pixels")
+    rotate: float = option(0.0, "maximum rotation in degrees")
+    scale: float = option(0.0, "maximum relative zoom in or out")
+    brightness: float = option(0.0, "maximum brightness shift (normalised units)")
+    contrast: float = option(0.0, "maximum relative contrast change")
+    noise: float = option(0.0, "standard deviation of Gaussian noise (normalised units)")
+    cutout: int = option(0, "side of the square cut out (pixels)")
+    probability: float = option(0.5, "probability of each of rotate, scale, brightness/"
+                                     "contrast, noise and cutout")
+    taper_epochs: int = option(0, "strength tapers linearly to nothing over the last epochs")
+
+
+@dataclass
+class Optim:
+    name: str = option("sgd", "optimizer", OPTIMIZERS)
+    lr: float = option(0.05, "learning rate (at the reference batch size if scale_lr)")
+    momentum: float = option(0.9, "momentum (sgd, rmsprop)")
+    nesterov: bool = option(False, "Nesterov momentum (sgd)")
+    weight_decay: float = option(5e-4, "L2 weight decay (decoupled in adamw); not on "
+                                       "biases and norm parameters")
+    l1: float = option(0.0, "L1 penalty; not on biases and norm parameters")
+    betas: list = option([0.9, 0.999], "adam, adamw: coefficients of the moment averages")
+    eps: float = option(1e-8, "adam, adamw, rmsprop: denominator term")
+    scale_lr: bool = option(False, "linear scaling rule: lr * global batch / reference_batch")
+    reference_batch: int = option(64, "the batch size lr is given for when scale_lr")
+    accumulate: int = option(1, "micro-batches whose gradients make one step")
+
+
+@dataclass
+class Schedule:
+    name: str = option("cosine", "learning-rate schedule", SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear warmup from warmup_start * lr (Goyal et al.)")
+    warmup_start: float = option(0.1, "lr factor at the start of the warmup")
+    step_epochs: float = option(10.0, "step: epochs between decays")
+    milestones: list = option([], "multistep: epochs of the decays")
+    gamma: float = option(0.1, "step, multistep: decay factor")
+    decay: float = option(0.1, "exponential: k in lr exp(-k epochs); inverse_time: k in "
+                               "lr / (1 + k epochs)")
+    min_lr: float = option(0.0, "cosine: final learning rate; plateau: lower bound")
+    plateau_factor: float = option(0.1, "plateau: lr factor when the metric stalls")
+    plateau_patience: int = option(3, "plateau: epochs without improvement before a cut")
+    plateau_metric: str = option("val_loss", "plateau: the metric watched", METRICS)
+    momentum_start: float = option(0.0, "if > 0: momentum ramps from it to optim.momentum")
+    momentum_epochs: float = option(5.0, "length of the momentum ramp")
+
+
+@dataclass
+class Train:
+    epochs: int = option(20, "epochs to train (stop after epochs or max_steps)")
+    max_steps: int = option(0, "if > 0: stop after this many optimizer steps")
+    seed: int = option(0, "one seed for initialisation, shuffling, augmentation and dropout")
+    dtype: str = option("float32", "float dtype of parameters and activations",
+                        ("float32", "float64"))
+    device: str = option("auto", "where arrays live", ("auto", "cpu", "gpu"))
+    comm: str = option("auto", "communicator", ("auto", "local", "mpi", "nccl"))
+    bucket_mb: float = option(25.0, "gradient allreduce bucket size")
+    overlap: bool = option(True, "start each bucket's allreduce during backward")
+    early_stopping_patience: int = option(0, "if > 0: stop after this many epochs without "
+                                             "improvement of early_stopping_metric")
+    early_stopping_metric: str = option("val_loss", "metric watched by early stopping", METRICS)
+    early_stopping_min_delta: float = option(0.0, "smallest change that counts as improvement")
+    explosion_factor: float = option(3.0, "stop when the loss exceeds this many times its "
+                                          "initial value (0 turns the guard off)")
+    overfit_samples: int = option(0, "debug: train on this many samples only, until 100% "
+                                     "training accuracy")
+
+
+@dataclass
+class Checkpoint:
+    every_steps: int = option(0, "save every this many steps (0: at the end of each epoch)")
+    keep: int = option(3, "how many of the newest checkpoints rank 0 keeps")
+    keep_best: bool = option(True, "also keep the best by best_metric as best.h5")
+    best_metric: str = option("val_accuracy", "what `best` means", METRICS)
+
+
+@dataclass
+class Log:
+    run_dir: str = option("", "the run directory (default: runs/<timestamp>); `--resume "
+                              "auto` resumes from its newest valid checkpoint")
+    every_steps: int = option(10, "write a training record every this many steps")
+    tensorboard: str = option("auto", "TensorBoard event files", ("auto", "on", "off"))
+    plots: bool = option(True, "write loss/accuracy/lr PNG plots at the end (needs matplotlib)")
+    debug_every: int = option(50, "--debug: steps between dead-ReLU and update/weight reports")
+
+
+@dataclass
+class Config:
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    augment: Augment = field(default_factory=Augment)
+    optim: Optim = field(default_factory=Optim)
+    schedule: Schedule = field(default_factory=Schedule)
+    train: Train = field(default_factory=Train)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    log: Log = field(default_factory=Log)
+
+
+def sections(config):
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _typed(section, key, value, spec):
+    """value converted to the field's type, or ConfigError naming what was expected."""
+    kind = type(spec.default) if spec.default is not dataclasses.MISSING else list
+    where = f"{section}.{key}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif kind is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list like [1, 2], got {value!r}")
+    elif not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _set(config, section, key, value):
+    parts = sections(config)
+    if section not in parts:
+        raise ConfigError(f"unknown section [{section}]; sections are {', '.join(parts)}")
+    specs = {f.name: f for f in fields(parts[section])}
+    if key not in specs:
+        raise ConfigError(f"unknown key {section}.{key}; [{section}] has "
+                          f"{', '.join(specs)}")
+    setattr(parts[section], key, _typed(section, key, value, specs[key]))
+
+
+def _parse_value(text):
+    """A TOML value (number, bool, list, quoted string), else the text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load(path=None, overrides=()):
+    """Defaults, then the TOML file at `path`, then `section.key=value` overrides, validated."""
+    text = ""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    return loads(text, overrides, source=path or "config")
+
+
+def loads(text, overrides=(), source="config"):
+    """load() of a TOML document given as text (e.g. the config saved in a checkpoint)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source} is not valid TOML: {error}") from None
+    config = Config()
+    for section, values in document.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: top-level key {section!r} must be a [section]")
+        for key, value in values.items():
+            _set(config, section, key, value)
+    for item in overrides:
+        name, equals, text = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not equals or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set(config, section, key, _parse_value(text.strip()))
+    validate(config)
+    return config
+
+
+def validate(config):
+    """Checks across keys and of ranges."""
+    positive = {"data.eval_batch_size": config.data.eval_batch_size,
+                "optim.reference_batch": config.optim.reference_batch,
+                "optim.accumulate": config.optim.accumulate, "checkpoint.keep": config.checkpoint.keep,
+                "log.every_steps": config.log.every_steps}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    non_negative = {"train.epochs": config.train.epochs, "train.max_steps": config.train.max_steps,
+                    "optim.lr": config.optim.lr, "optim.weight_decay": config.optim.weight_decay,
+                    "data.batch_size": config.data.batch_size,
+                    "checkpoint.every_steps": config.checkpoint.every_steps}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
+    if config.data.batch_size == 0 and config.data.global_batch_size < 1:
+        raise ConfigError("set data.batch_size (per rank) or data.global_batch_size (>= 1)")
+    if config.train.epochs == 0 and config.train.max_steps == 0:
+        raise ConfigError("nothing to train: set train.epochs or train.max_steps")
+    for name in ("hidden", "channels"):
+        values = getattr(config.model, name)
+        if not values or not all(isinstance(v, int) and v > 0 for v in values):
+            raise ConfigError(f"model.{name} must be a non-empty list of positive integers, "
+                              f"got {values}")
+
+
+def check_metrics(config, has_val):
+    """The metrics the run watches must exist: val_* ones need a /val split."""
+    if has_val:
+        return
+    watched = {"checkpoint.best_metric": config.checkpoint.best_metric,
+               "train.early_stopping_metric": config.train.early_stopping_metric}
+    if config.schedule.name == "plateau":
+        watched["schedule.plateau_metric"] = config.schedule.plateau_metric
+    for key, metric in watched.items():
+        if metric.startswith("val_"):
+            raise ConfigError(f"{key} = {metric!r} needs a /val split, which {config.data.path} "
+                              "lacks; watch train_loss or train_accuracy instead")
+
+
+def _literal(value):
+    """A TOML literal of a config value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def to_toml(config):
+    """The resolved configuration as a TOML document (loads back to the same Config)."""
+    lines = []
+    for name, section in sections(config).items():
+        lines.append(f"[{name}]")
+        lines += [f"{f.name} = {_literal(getattr(section, f.name))}" for f in fields(section)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def reference():
+    """Markdown table of every key: name, default, description and choices."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, section in sections(Config()).items():
+        for f in fields(section):
+            choices = f.metadata.get("choices")
+            meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
+            rows.append(f"| `{name}.{f.name}` | `{_literal(getattr(section, f.name))}` | "
+                        f"{meaning.replace('|', '/')} |")
+    return "\n".join(rows)

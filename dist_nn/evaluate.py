@@ -1,0 +1,75 @@
+"""`python -m dist_nn.evaluate CHECKPOINT --data PATH [--split val]`: loss, accuracy and the
+confusion matrix of a checkpoint's model on a data set. Under `mpirun -n N` each rank
+evaluates its share; sums and counts are reduced, so padding never counts twice."""
+import argparse
+import sys
+
+import numpy
+
+from . import backend, checkpoint, config as configuration, models, nn
+from . import dist as distributed
+from .data import DataError, DistributedSampler, Loader, open_split
+
+
+def evaluate(model, batches, loss_fn, comm, num_classes=None):
+    """{"loss", "accuracy", "count"} over all ranks' batches (x, y, valid), in eval mode; with
+    num_classes also "confusion" (true label x predicted label counts)."""
+    model.eval()
+    totals = distributed.Totals(("loss", "correct"))
+    confusion = numpy.zeros((num_classes or 1, num_classes or 1))
+    for x, y, valid in batches:
+        if valid == 0:
+            continue
+        logits = model.forward(x[:valid])
+        y = y[:valid]
+        predicted = logits.argmax(axis=1)
+        totals.add(valid, loss=float(loss_fn.forward(logits, y, mean_over=1)),
+                   correct=int((predicted == y).sum()))
+        if num_classes:
+            numpy.add.at(confusion, (backend.to_host(y), backend.to_host(predicted)), 1)
+    model.train()
+    result = totals.reduce(comm)
+    result["accuracy"] = result.pop("correct")
+    if num_classes:
+        comm.allreduce(confusion)
+        result["confusion"] = confusion.astype(numpy.int64)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dist_nn.evaluate", description=__doc__)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True, help="an HDF5 file, a glob of shards, digits")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--batch-size", type=int, default=256, help="per rank")
+    args = parser.parse_args(argv)
+    comm = distributed.setup("auto", "auto")
+    from .build import data_path
+    try:
+        model_state, _, meta = checkpoint.read(args.checkpoint)
+        config = configuration.loads(meta["config"])
+        backend.use(dtype=config.train.dtype)
+        split = open_split(data_path(args.data, comm), args.split, comm)
+    except (checkpoint.CheckpointError, DataError, configuration.ConfigError, KeyError) as error:
+        if comm.rank == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    model = models.from_config(config.model, split.sample_shape, split.num_classes)
+    model.load_state_dict(model_state)
+    loader = Loader(split, DistributedSampler(len(split), comm.rank, comm.size, shuffle=False),
+                    max(comm.size, args.batch_size * comm.size))
+    result = evaluate(model, loader, nn.SoftmaxCrossEntropy(), comm, split.num_classes)
+    if comm.rank == 0:
+        names = split.class_names or [str(c) for c in range(split.num_classes)]
+        print(f"{args.checkpoint} on {args.data} ({args.split}, {result['count']} samples): "
+              f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
+        width = max(len(n) for n in names)
+        print("confusion matrix (rows: true, columns: predicted)")
+        print(" " * width + " " + " ".join(f"{n[:6]:>6}" for n in names))
+        for name, row in zip(names, result["confusion"]):
+            print(f"{name:>{width}} " + " ".join(f"{v:6d}" for v in row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

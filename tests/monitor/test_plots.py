@@ -1,0 +1,73 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dist_nn.monitor import MetricsLog, plot_run
+
+pytest.importorskip("matplotlib")
+
+REPO = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    with MetricsLog(run, tensorboard=False) as log:
+        for epoch in range(3):
+            for step in range(epoch * 10 + 1, epoch * 10 + 11):
+                log.write({"split": "train", "epoch": epoch, "step": step, "loss": 2.0 / step,
+                           "accuracy": 1 - 1.0 / step, "lr": 0.1 * 0.9 ** epoch,
+                           "samples_per_s": 1000.0, "time": 0.1 * step})
+            log.write({"split": "val", "epoch": epoch, "step": epoch * 10 + 10,
+                       "loss": 0.5 / (epoch + 1), "accuracy": 0.6 + 0.1 * epoch,
+                       "lr": 0.1 * 0.9 ** epoch, "samples_per_s": 5000.0, "time": epoch + 1.0})
+    return run
+
+
+def assert_png(path):
+    data = Path(path).read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 5000  # axes, curves and labels, not an empty image
+
+
+def test_plot_run_writes_the_three_pngs(run_dir):
+    paths = plot_run(run_dir)
+    assert [Path(p).name for p in paths] == ["loss.png", "accuracy.png", "lr.png"]
+    assert all(Path(p).parent == run_dir for p in paths)
+    for path in paths:
+        assert_png(path)
+
+
+def test_plot_run_writes_into_out_dir(run_dir, tmp_path):
+    paths = plot_run(run_dir, tmp_path / "plots")
+    assert all(Path(p).parent == tmp_path / "plots" for p in paths)
+    assert not (run_dir / "loss.png").exists()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dist_nn.plot", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_the_written_paths(run_dir, tmp_path):
+    result = run_cli(run_dir, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.split()
+    assert [Path(p).name for p in printed] == ["loss.png", "accuracy.png", "lr.png"]
+    for path in printed:
+        assert_png(path)
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_cli_fails_cleanly_without_metrics(tmp_path, make):
+    run = tmp_path / "run"
+    if make == "empty":
+        run.mkdir()
+    result = run_cli(run)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert str(run) in result.stderr
