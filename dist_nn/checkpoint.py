@@ -82,6 +82,8 @@ def write(path, model_state, optimizer_state=None, meta=None):
 def read(path, verify=True):
     """(model state, optimizer state or None, meta) of a checkpoint; CheckpointError when it
     cannot be read or its checksum does not match."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with h5py.File(path, "r") as f:
             if "model" not in f:

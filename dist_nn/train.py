@@ -39,7 +39,7 @@ def parse_args(argv):
                                          "or a checkpoint file")
     parser.add_argument("--debug", action="store_true", help="gradient check of the model, "
                         "dead-ReLU and update/weight reports")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options may follow the overrides
 
 
 def main(argv=None):
@@ -94,7 +94,8 @@ def train(config, comm, resume=None, debug=False):
     if steps_per_epoch == 0:
         raise configuration.ConfigError(
             f"the training split has {len(train_split)} samples, fewer than one step's "
-            f"{global_batch * micro}: lower data.batch_size or optim.accumulate")
+            f"{global_batch * micro}: lower data.global_batch_size (or data.batch_size) or "
+            "optim.accumulate")
     evaluation = val_split and Loader(val_split, DistributedSampler(
         len(val_split), comm.rank, comm.size, shuffle=False),
         max(comm.size, config.data.eval_batch_size * comm.size), cache_mb=config.data.cache_mb)

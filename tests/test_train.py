@@ -1,0 +1,181 @@
+"""End to end: `python -m dist_nn.train` under a real mpiexec (2 ranks unless said)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_nn import checkpoint
+from dist_nn.monitor import read_records
+from launch import mpirun
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
+SMALL = ["model.name=mlp", "model.hidden=[32]", "log.plots=false", "log.tensorboard=off"]
+
+
+def run(ranks, run_dir, *arguments, module="dist_nn.train", timeout=300):
+    """Run a dist_nn command on `ranks` ranks; the CompletedProcess."""
+    argv = [sys.executable, "-m", module, *map(str, arguments)]
+    if module == "dist_nn.train" and run_dir is not None:
+        argv.append(f"log.run_dir={run_dir}")
+    return mpirun.run(ranks, argv, env={"PYTHONPATH": str(ROOT)}, capture_output=True,
+                      text=True, timeout=timeout, cwd=ROOT)
+
+
+def ok(done):
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def final_model(run_dir):
+    _, path = checkpoint.step_checkpoints(Path(run_dir) / "checkpoints")[0]
+    return checkpoint.read(path)[0]
+
+
+def test_default_run_learns_the_digits(tmp_path):
+    """No arguments but the run directory: the cnn on the embedded digits, >= 97%."""
+    done = ok(run(2, tmp_path / "run"))
+    records = read_records(tmp_path / "run")
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 20 and val[-1]["accuracy"] >= 0.97, val[-1]
+    train_records = [r for r in records if r["split"] == "train" and r.get("scope") != "epoch"]
+    assert {"loss", "accuracy", "lr", "samples_per_s", "time", "epoch", "step"} <= set(
+        train_records[0])
+    epoch_record = [r for r in records if r.get("scope") == "epoch"][-1]
+    assert {"data_wait", "compute", "allreduce_wait", "optimizer"} <= set(epoch_record)
+    assert (tmp_path / "run" / "config.toml").exists()
+    assert (tmp_path / "run" / "checkpoints" / "best.h5").exists()
+    assert "done: 440 steps, 20 epochs" in done.stdout
+    assert done.stdout.count("run directory:") == 1  # rank 0 speaks
+
+
+EXACT = SMALL + ["train.dtype=float64", "model.dropout=0.2", "train.max_steps=30",
+                 "checkpoint.every_steps=13", "checkpoint.keep=5", "augment.enabled=true",
+                 "augment.crop=1", "augment.noise=0.05", "optim.name=adam"]
+
+
+def test_resume_is_exact(tmp_path):
+    """13 steps, a checkpoint in mid-epoch, resumed in a new process: the parameters after
+    steps 26 and 30 equal those of the uninterrupted run bit for bit (float64, dropout,
+    augmentation, Adam, cosine schedule)."""
+    ok(run(2, tmp_path / "straight", *EXACT))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "straight" / "checkpoints" / "step-000000013.h5",
+                resumed / "checkpoints")
+    done = ok(run(2, resumed, *EXACT, "--resume", "auto"))
+    assert "resumed from" in done.stdout and "step 13" in done.stdout
+    for step in (26, 30):
+        name = f"step-{step:09d}.h5"
+        a = checkpoint.read(tmp_path / "straight" / "checkpoints" / name)
+        b = checkpoint.read(resumed / "checkpoints" / name)
+        for key in a[0]:
+            np.testing.assert_array_equal(a[0][key], b[0][key], err_msg=f"{step} {key}")
+        for key in a[1]["buffers"]:
+            np.testing.assert_array_equal(a[1]["buffers"][key], b[1]["buffers"][key])
+
+
+def test_resume_on_another_world_size(tmp_path):
+    """A 2-rank checkpoint continues on 1 rank at the same global sample position."""
+    base = SMALL + ["train.epochs=3", "checkpoint.every_steps=30"]
+    ok(run(2, tmp_path / "run", *base, "train.max_steps=30"))
+    done = ok(run(1, tmp_path / "run", *base, "--resume", "auto"))
+    assert "resumed from" in done.stdout and "at epoch 1, step 30" in done.stdout
+    meta = checkpoint.read(checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")[0][1])[2]
+    assert (meta["step"], meta["world_size"], meta["epoch"]) == (66, 1, 3)
+    val = [r for r in read_records(tmp_path / "run") if r["split"] == "val"]
+    assert val[-1]["accuracy"] > 0.9
+
+
+def test_early_stopping_fires(tmp_path):
+    done = ok(run(2, tmp_path / "run", *SMALL, "train.early_stopping_patience=2",
+                  "train.early_stopping_min_delta=100", "train.epochs=10"))
+    assert "early stopping: val_loss has not improved for 2 epochs" in done.stdout
+    assert max(r["epoch"] for r in read_records(tmp_path / "run")) == 2  # epochs 0, 1, 2 ran
+
+
+def test_exploding_loss_is_stopped(tmp_path):
+    done = run(2, tmp_path / "run", *SMALL, "optim.lr=1000")
+    assert done.returncode == 3, done.stderr
+    assert "the run is diverging; lower the learning rate" in done.stderr \
+        or "NaN/Inf" in done.stderr, done.stderr
+    assert done.stderr.count("stopped:") == 1
+
+
+def test_nan_in_a_layer_is_named(tmp_path):
+    """A weight of layer `3` (the second Linear) is NaN in the initial weights."""
+    ok(run(1, tmp_path / "source", *SMALL, "model.hidden=[32, 16]", "train.max_steps=1"))
+    state, _, meta = checkpoint.read(checkpoint.step_checkpoints(
+        tmp_path / "source" / "checkpoints")[0][1])
+    state["4.weight"][3, 5] = np.nan
+    checkpoint.write(tmp_path / "poisoned.h5", state, meta=meta)
+    done = run(2, tmp_path / "run", *SMALL, "model.hidden=[32, 16]",
+               f"model.init_from={tmp_path / 'poisoned.h5'}")
+    assert done.returncode == 3, done.stderr
+    assert "first produced by layer `4` (Linear) (its parameters ['weight'] hold NaN/Inf)" \
+        in done.stderr
+
+
+def test_transfer_learning_freezes_and_replaces_the_classifier(tmp_path):
+    """Train on 10 digit classes, fine-tune on a 5-class data set: the frozen first layer is
+    bit-identical, the classifier has 5 outputs, the rest moved."""
+    ok(run(2, tmp_path / "source", *SMALL, "train.epochs=2"))
+    source = tmp_path / "source" / "checkpoints" / "best.h5"
+    five = tmp_path / "five.npz"
+    images, labels = np.load(ROOT / "dist_nn" / "data" / "digits.npz").values()
+    keep = labels < 5
+    np.savez(five, x=images[keep], y=labels[keep], x_val=images[keep][:50], y_val=labels[keep][:50])
+    subprocess.run([sys.executable, "-m", "datasets", "npz", five, "--out", tmp_path / "five.h5"],
+                   check=True, cwd=ROOT, capture_output=True)
+    done = ok(run(2, tmp_path / "tuned", *SMALL, f"data.path={tmp_path / 'five.h5'}",
+                  f"model.init_from={source}", 'model.freeze=["1"]', "train.epochs=4"))
+    assert "replaced classifier ['4.bias', '4.weight']" in done.stdout
+    before, after = checkpoint.read(source)[0], final_model(tmp_path / "tuned")
+    np.testing.assert_array_equal(after["1.weight"], before["1.weight"])
+    np.testing.assert_array_equal(after["1.bias"], before["1.bias"])
+    assert after["4.weight"].shape == (5, 32)
+    assert not np.array_equal(after["4.bias"][:5], before["4.bias"][:5])
+    val = [r for r in read_records(tmp_path / "tuned") if r["split"] == "val"]
+    assert val[-1]["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["model.nme=cnn"], "unknown key model.nme; [model] has name, dropout"),
+    (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
+    (["model.name=vgg"], "model.name = 'vgg' is not one of mlp, cnn, resnet20"),
+    (["--resume", "auto"], None),  # replaced below: needs log.run_dir
+    (["model.freeze=[\"head\"]"], "model.freeze: 'head' matches no parameter"),
+    (["data.path=/nonexistent.h5"], "data file '/nonexistent.h5' does not exist"),
+])
+def test_config_errors_are_reported_once(tmp_path, arguments, message):
+    if message is None:  # --resume auto without a run directory
+        done = mpirun.run(2, [sys.executable, "-m", "dist_nn.train", "--resume", "auto"],
+                          env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+        message = "--resume auto needs log.run_dir"
+    else:
+        done = run(2, tmp_path / "run", *arguments)
+    assert done.returncode == 2 if "data file" not in message else done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert done.stderr.count(message) == 1 or "data file" in message
+
+
+def test_evaluate_debug_and_overfit(tmp_path):
+    done = ok(run(1, tmp_path / "debug", *SMALL, "train.max_steps=20", "log.debug_every=10",
+                  "--debug"))
+    assert "gradient check (float64" in done.stdout and "- ok" in done.stdout
+    lines = (tmp_path / "debug" / "debug.jsonl").read_text().splitlines()
+    report = json.loads(lines[0])
+    assert set(report["dead_relu"]) == {"2"} and "1.weight" in report["update_ratio"]
+    done = ok(run(2, tmp_path / "overfit", *SMALL, "train.overfit_samples=32", "train.epochs=60",
+                  "data.global_batch_size=16",
+                  "model.dropout=0"))
+    assert "overfit: 100% training accuracy on 32 samples" in done.stdout
+    final = checkpoint.step_checkpoints(tmp_path / "debug" / "checkpoints")[0][1]
+    done = ok(run(2, None, final, "--data", "digits", module="dist_nn.evaluate"))
+    assert "on digits (val, 359 samples)" in done.stdout and "confusion matrix" in done.stdout
