@@ -61,10 +61,10 @@ def write(path, model_state, optimizer_state=None, meta=None):
     partial = path.with_name(path.name + ".partial")
     try:
         with h5py.File(partial, "w") as f:
-            group = f.create_group("model")
+            group = f.create_group("model", track_order=True)  # keep PyTorch's order
             for name, array in model_state.items():
                 group[name] = array
-            group = f.create_group("optimizer")
+            group = f.create_group("optimizer", track_order=True)
             for name, array in buffers.items():
                 group[name] = array
             group.attrs["state"] = state_json

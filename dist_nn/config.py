@@ -324,3 +324,10 @@ def reference():
             rows.append(f"| `{name}.{f.name}` | `{_literal(getattr(section, f.name))}` | "
                         f"{meaning.replace('|', '/')} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--reference"]:  # the README's table
+        print(reference())
+    else:
+        print(to_toml(load(None, sys.argv[1:])))  # the resolved defaults (+ overrides)

@@ -9,7 +9,12 @@ array type alone:
 `to_torch_module(model)` builds the equivalent torch.nn module of a dist_nn model (same
 structure, names and semantics) and loads its weights: an export to PyTorch, and the oracle
 the tests compare whole models against.
+
+`python -m dist_nn.torch_interop STATE_DICT.pt OUT.h5` converts a saved PyTorch state dict
+into a dist_nn checkpoint (model weights only) for `model.init_from`.
 """
+import argparse
+import sys
 from collections import OrderedDict
 
 from . import nn
@@ -126,3 +131,37 @@ def to_torch_module(model):
     module = convert(model).to(dtype)
     module.load_state_dict(to_torch(model.state_dict()))
     return module.train(model.training)
+
+
+def convert(source, out):
+    """A PyTorch state dict file -> a checkpoint holding only the model's weights. The file
+    is read with torch.load(weights_only=True): tensors only, never code. A dict that wraps
+    the weights under "state_dict" or "model" (common in training scripts) is unwrapped."""
+    import torch
+    from . import checkpoint
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{source} holds no state dict of tensors")
+    return checkpoint.write(out, from_torch(state), meta={"source": f"PyTorch {source}"})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dist_nn.torch_interop",
+                                     description="Convert a PyTorch state dict (.pt) into a "
+                                                 "dist_nn checkpoint for model.init_from.")
+    parser.add_argument("source")
+    parser.add_argument("out")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {convert(args.source, args.out)}")
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

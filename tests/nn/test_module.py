@@ -148,3 +148,15 @@ def test_backward_hooks_run_after_the_module_gradients_are_final():
     assert "backward" not in vars(layer)  # the class's backward again
     layer.backward(np.ones((4, 2), dtype=np.float32))
     assert len(seen) == 1
+
+
+def test_forward_hooks_see_the_output():
+    layer = nn.ReLU()
+    seen = []
+    hook = lambda m, y: seen.append((m, y.copy()))  # noqa: E731
+    layer.add_forward_hook(hook)
+    y = layer.forward(np.array([-1.0, 2.0]))
+    assert seen[0][0] is layer and np.array_equal(seen[0][1], y)
+    layer.remove_forward_hook(hook)
+    layer.forward(np.array([3.0]))
+    assert len(seen) == 1 and "forward" not in vars(layer)

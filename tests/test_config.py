@@ -1,0 +1,68 @@
+"""The typed configuration: files, overrides, validation, round trip, the README reference."""
+import re
+from pathlib import Path
+
+import pytest
+
+from dist_nn import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nname = "mlp"\nhidden = [64]\n[optim]\nlr = 0.2\n')
+    c = config.load(path, ["optim.lr=0.3", "model.freeze=[\"1\"]", "log.run_dir=runs/a"])
+    assert (c.model.name, c.model.hidden, c.optim.lr, c.model.freeze) == ("mlp", [64], 0.3, ["1"])
+    assert c.log.run_dir == "runs/a" and c.data.path == "digits"  # unquoted strings work too
+
+
+def test_round_trip_through_toml():
+    c = config.load(None, ["model.channels=[8, 16]", "train.dtype=float64", "optim.betas=[0.8, 0.9]"])
+    assert config.loads(config.to_toml(c)) == c
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.nme=cnn"], r"unknown key model.nme; \[model\] has name, dropout"),
+    (["modle.name=cnn"], r"unknown section \[modle\]; sections are model, data"),
+    (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
+    (["train.epochs=2.5"], "train.epochs must be an integer, got 2.5"),
+    (["model.sync_bn=yes"], "model.sync_bn must be true or false, got 'yes'"),
+    (["model.hidden=64"], r"model.hidden must be a list like \[1, 2\], got 64"),
+    (["model.name=vgg"], "model.name = 'vgg' is not one of mlp, cnn, resnet20"),
+    (["optim.lr=-1"], "optim.lr must be >= 0, got -1"),
+    (["model.dropout=1.0"], r"model.dropout must be in \[0, 1\)"),
+    (["train.epochs=0"], "nothing to train"),
+    (["lr=0.1"], "must look like section.key=value"),
+    (["data.batch_size=0", "data.global_batch_size=0"], "set data.batch_size"),
+])
+def test_bad_values_name_what_is_valid(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(None, overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read config file"):
+        config.load(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[model\nname=")
+    with pytest.raises(config.ConfigError, match="is not valid TOML"):
+        config.load(tmp_path / "bad.toml")
+    (tmp_path / "flat.toml").write_text("lr = 0.1\n")
+    with pytest.raises(config.ConfigError, match="must be a \\[section\\]"):
+        config.load(tmp_path / "flat.toml")
+
+
+def test_val_metrics_need_a_val_split():
+    with pytest.raises(config.ConfigError, match="needs a /val split"):
+        config.check_metrics(config.load(), has_val=False)
+    config.check_metrics(config.load(None, ["checkpoint.best_metric=train_loss",
+                                            "train.early_stopping_metric=train_loss"]), False)
+
+
+def test_readme_reference_is_generated_from_the_config():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme,
+                      re.S)
+    assert block, "README lacks the generated configuration reference"
+    assert block.group(1) == config.reference(), \
+        "regenerate it: python -m dist_nn.config --reference"
