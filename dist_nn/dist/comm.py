@@ -220,7 +220,7 @@ def communicator(kind="auto", cuda_aware=False):
     if kind == "auto":
         try:
             comm = MPICommunicator(cuda_aware=cuda_aware)
-        except ImportError:  # mpi4py or an MPI library missing: one process, no MPI
+        except (ImportError, RuntimeError):  # no mpi4py, or no MPI library for it to load
             return LocalCommunicator()
         return comm if comm.size > 1 else LocalCommunicator()
     if kind == "nccl":
