@@ -209,14 +209,17 @@ def train(config, comm, resume=None, debug=False):
                     values = {"loss": window_sums[0] / window_sums[2],
                               "accuracy": window_sums[1] / window_sums[2], "samples_per_s": rate}
                     record("train", **values)
-                    progress.update(state["batch"] // micro, lr=opt.lr, **values)
+                    progress.update(state["batch"] // micro, **values, lr=opt.lr)
                     window_sums, window_start = numpy.zeros(3), time.perf_counter()
                 every = config.checkpoint.every_steps
                 if every and state["step"] % every == 0:
                     save()
             progress.close()
-            if state["batch"] < steps_per_epoch * micro:
-                break  # the step budget ended the run in mid-epoch
+            if state["batch"] < steps_per_epoch * micro:  # the step budget ended the run
+                if evaluation:
+                    seen = evaluate(model, evaluation.epoch_batches(0), loss_fn, comm)
+                    record("val", loss=seen["loss"], accuracy=seen["accuracy"])
+                break
             metrics = {"train_loss": epoch_sums[0] / epoch_sums[2],
                        "train_accuracy": epoch_sums[1] / epoch_sums[2]}
             record("train", scope="epoch", loss=metrics["train_loss"],
