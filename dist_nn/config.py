@@ -128,6 +128,8 @@ class Train:
     comm: str = option("auto", "communicator", ("auto", "local", "mpi", "nccl"))
     bucket_mb: float = option(25.0, "gradient allreduce bucket size")
     overlap: bool = option(True, "start each bucket's allreduce during backward")
+    watchdog_s: float = option(300.0, "abort the job, naming the missing ranks, when a "
+                                      "collective waits longer than this (0 turns it off)")
     early_stopping_patience: int = option(0, "if > 0: stop after this many epochs without "
                                              "improvement of early_stopping_metric")
     early_stopping_metric: str = option("val_loss", "metric watched by early stopping", METRICS)

@@ -28,6 +28,7 @@ from .checkpoint import restore
 from .monitor.guards import gradient_check_report, write_debug_report
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
+EXIT_REQUEUE = 75  # preempted after a checkpoint: the job script requeues (EX_TEMPFAIL)
 
 
 def parse_args(argv):
@@ -51,8 +52,13 @@ def main(argv=None):
                                             "resume)")
     except configuration.ConfigError as failure:
         config, error = None, failure
-    comm = distributed.setup(config.train.comm if config else "auto",
-                             config.train.device if config else "cpu")
+    try:
+        comm = distributed.setup(config.train.comm if config else "auto",
+                                 config.train.device if config else "cpu",
+                                 watchdog_s=config.train.watchdog_s if config else 0)
+    except distributed.LaunchError as failure:  # every task alone: each says it
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if error is not None:
             raise error
@@ -71,7 +77,9 @@ def train(config, comm, resume=None, debug=False):
     say = print if comm.rank == 0 else (lambda *args, **kwargs: None)
     backend.use(dtype=config.train.dtype)
     run_dir = comm.bcast_obj(prepare_run_dir(config) if comm.rank == 0 else None)
-    say(f"run directory: {run_dir}", flush=True)
+    say(f"run directory: {run_dir}")
+    say("\n".join(distributed.placement(comm)), flush=True)
+    preemption = distributed.PreemptionSignal()
 
     # --- data -----------------------------------------------------------------------------
     path = data_path(config.data.path, comm)
@@ -149,11 +157,15 @@ def train(config, comm, resume=None, debug=False):
                 "plateau": plateau.state_dict() if plateau else None,
                 "guard": guard.state_dict(), "config": configuration.to_toml(config)}
         content = (model.state_dict(), opt.state_dict(), meta)
-        if name is None:
-            checkpoint.save_step(run_dir / "checkpoints", state["step"], *content,
-                                 config.checkpoint.keep)
-        else:
-            checkpoint.write(run_dir / "checkpoints" / name, *content)
+        try:
+            if name is None:
+                checkpoint.save_step(run_dir / "checkpoints", state["step"], *content,
+                                     config.checkpoint.keep)
+            else:
+                checkpoint.write(run_dir / "checkpoints" / name, *content)
+        except OSError as error:  # the previous checkpoints are untouched; try again later
+            say(f"warning: could not write the checkpoint of step {state['step']} ({error}); "
+                "the previous checkpoints are intact", flush=True)
 
     # --- the loop ------------------------------------------------------------------------------
     def out_of_steps():
@@ -172,7 +184,7 @@ def train(config, comm, resume=None, debug=False):
                     statistics.active = state["step"] % config.log.debug_every == 0
                     statistics.before_step()
                 opt.zero_grad()
-                local = numpy.zeros(3)
+                local = numpy.zeros(4)  # loss, correct, samples, preemption requested
                 for m in range(micro):
                     tick = time.perf_counter()
                     batch = next(batches)
@@ -188,7 +200,8 @@ def train(config, comm, resume=None, debug=False):
                     timing["compute"] += time.perf_counter() - tick
                 tick = time.perf_counter()
                 sync.wait()
-                comm.allreduce(local)  # [global mean loss, correct, samples]
+                local[3] = preemption.received is not None
+                comm.allreduce(local)  # every rank learns of a signal on any rank
                 timing["allreduce_wait"] += time.perf_counter() - tick
                 check_step(local[0], model, batch.x, opt, guard, state, comm, say,
                            train_split.num_classes)
@@ -212,6 +225,12 @@ def train(config, comm, resume=None, debug=False):
                     progress.update(state["batch"] // micro, **values, lr=opt.lr)
                     window_sums, window_start = numpy.zeros(3), time.perf_counter()
                 every = config.checkpoint.every_steps
+                if local[3]:  # all ranks stop after the same step
+                    save()
+                    say(f"preempted ({preemption.received or 'signal on another rank'}): "
+                        f"checkpoint of step {state['step']} written; exiting with "
+                        f"{EXIT_REQUEUE} for the job script to requeue", flush=True)
+                    return EXIT_REQUEUE
                 if every and state["step"] % every == 0:
                     save()
             progress.close()

@@ -3,9 +3,11 @@ per-process set-up that keeps a failing rank from hanging the job."""
 from .comm import KINDS, LocalCommunicator, MPICommunicator, NCCLCommunicator, communicator
 from .grad_sync import GradSync
 from .metrics import Totals
-from .process import abort_on_failure, limit_threads, setup
+from .process import (LaunchError, PreemptionSignal, abort_on_failure, limit_threads,
+                      placement, setup)
+from .watchdog import Watchdog
 from .startup import broadcast_state, check_same_everywhere, fingerprint, raise_together
 
-__all__ = ["KINDS", "GradSync", "LocalCommunicator", "MPICommunicator", "NCCLCommunicator",
-           "Totals", "abort_on_failure", "broadcast_state", "check_same_everywhere",
-           "communicator", "fingerprint", "limit_threads", "raise_together", "setup"]
+__all__ = ["KINDS", "GradSync", "LaunchError", "LocalCommunicator", "MPICommunicator",
+           "NCCLCommunicator", "PreemptionSignal", "Totals", "Watchdog", "abort_on_failure", "broadcast_state", "check_same_everywhere",
+           "communicator", "fingerprint", "limit_threads", "placement", "raise_together", "setup"]

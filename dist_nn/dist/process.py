@@ -1,11 +1,19 @@
-"""Per-process set-up of a rank: its communicator, CPU threads, GPU, and abort on failure."""
+"""Per-process set-up of a rank: its communicator, CPU threads, GPU, abort on failure, the
+collective watchdog, and preemption signals."""
 import os
+import signal
+import socket
 import sys
 import threading
 import traceback
 
 from .. import backend
-from .comm import communicator
+from .comm import MPICommunicator, communicator
+from .watchdog import Watchdog
+
+
+class LaunchError(RuntimeError):
+    """The processes were started in a way that cannot make one job."""
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -45,14 +53,53 @@ def abort_on_failure(comm):
         args.exc_type, args.exc_value, args.exc_traceback, f" in thread {args.thread.name}")
 
 
-def setup(kind="auto", device="auto", cuda_aware=False, threads=None):
+def check_slurm_launch(comm):
+    """Inside an srun job step, MPI must see all of the step's tasks: a world of 1 on every
+    task means each was started as a singleton (srun without a PMI plugin MPI can use)."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS")
+    if tasks is not None and int(tasks) != comm.size:
+        raise LaunchError(
+            f"srun started {tasks} tasks but MPI sees a world of {comm.size}: the tasks did "
+            "not find each other (each started as a singleton). Launch with srun --mpi=pmi2 "
+            "(or --mpi=pmix; `srun --mpi=list` shows what the cluster offers), or with mpirun "
+            "inside the allocation")
+
+
+def setup(kind="auto", device="auto", cuda_aware=False, threads=None, watchdog_s=0):
     """Start this rank: communicator ("auto" | "local" | "mpi" | "nccl"), BLAS threads (the
-    rank's share of the node's cores, or `threads`), abort on failure, and on GPUs the device
-    `local_rank` (modulo the GPUs present)."""
+    rank's share of the node's cores, or `threads`), abort on failure, on GPUs the device
+    `local_rank` (modulo the GPUs present), and with watchdog_s > 0 a watchdog that aborts
+    the job, naming the missing ranks, when a collective waits longer than that."""
     base = communicator("mpi" if kind == "nccl" else kind, cuda_aware)
     abort_on_failure(base)
+    check_slurm_launch(base)
     limit_threads(base.local_size, threads)
     backend.use(device)
     if backend.device == "gpu":
         backend.cupy.cuda.Device(base.local_rank % backend.cupy.cuda.runtime.getDeviceCount()).use()
-    return communicator("nccl") if kind == "nccl" else base
+    comm = communicator("nccl") if kind == "nccl" else base
+    if watchdog_s and isinstance(comm, MPICommunicator) and comm.size > 1:
+        comm = Watchdog(comm, watchdog_s)
+    return comm
+
+
+def placement(comm):
+    """Lines `rank r -> host (local rank l) -> device` for every rank (gathered)."""
+    where = "cpu" if backend.device == "cpu" else f"gpu {backend.cupy.cuda.Device().id}"
+    gathered = comm.allgather_obj((socket.gethostname(), comm.local_rank, where))
+    return [f"rank {r} -> {host} (local rank {local}) -> {device}"
+            for r, (host, local, device) in enumerate(gathered)]
+
+
+class PreemptionSignal:
+    """SIGUSR1 or SIGTERM (SLURM's warning before a time limit or preemption) only sets a
+    flag: the trainer checkpoints at the next step boundary, once all ranks agree."""
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._note)
+
+    def _note(self, number, frame):
+        self.received = signal.Signals(number).name

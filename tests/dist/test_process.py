@@ -13,6 +13,7 @@ from tests.dist import mpi
 @pytest.mark.parametrize("mode, message", [
     ("raise", "[rank 1/2] uncaught RuntimeError; aborting the job"),
     ("thread", "[rank 1/2] uncaught ZeroDivisionError in thread loader; aborting the job"),
+    ("stuck", "[rank 0/2] watchdog: collective #"),
 ])
 def test_a_failing_rank_ends_the_job_within_30_seconds(mode, message):
     start = time.monotonic()
@@ -28,3 +29,11 @@ def test_threads_are_the_rank_share_of_the_cores(monkeypatch):
     assert threads == 1
     blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
     assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+@mpi.needs_mpi
+def test_the_watchdog_names_the_rank_that_never_arrived():
+    done = mpi.launch(2, "failure", "stuck", timeout=30)
+    assert done.returncode != 0
+    assert "has not completed within 3 s: ranks [1] did not arrive; aborting the job" \
+        in done.stderr, done.stderr

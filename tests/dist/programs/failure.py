@@ -1,7 +1,7 @@
 """Under mpiexec -n N: one rank fails, in one of several ways, while the others carry on
 into collectives; the job must end (non-zero) instead of hanging.
 
-    mpiexec -n N python failure.py MODE      MODE: raise | thread | mismatch
+    mpiexec -n N python failure.py MODE      MODE: raise | thread | mismatch | stuck
 """
 import sys
 import threading
@@ -16,7 +16,7 @@ FAILING_RANK, FAILING_STEP = 1, 3
 
 
 def main(mode):
-    comm = setup("mpi", "cpu")
+    comm = setup("mpi", "cpu", watchdog_s=3 if mode == "stuck" else 0)
     hidden = (16,) if mode == "mismatch" and comm.rank == FAILING_RANK else (12,)
     model = models.build("mlp", (8,), 3, hidden=hidden)
     check_same_everywhere(model, comm, config={"lr": 0.1})
@@ -32,6 +32,8 @@ def main(mode):
                 worker = threading.Thread(target=lambda: 1 / 0, name="loader")
                 worker.start()
                 time.sleep(60)  # the main thread would wait on the dead loader forever
+            if mode == "stuck":
+                time.sleep(600)  # alive, but never reaches the next collective
         opt.zero_grad()
         loss.forward(model.forward(rng.standard_normal((4, 8))), rng.integers(0, 3, 4))
         model.backward(loss.backward())
