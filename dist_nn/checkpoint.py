@@ -123,7 +123,7 @@ def newest_valid(directory, warn=print):
         try:
             return path, read(path)
         except CheckpointError as error:
-            warn(f"warning: skipping {error}; falling back to an older checkpoint")
+            warn(f"warning: skipping {path}: {error}; falling back to an older checkpoint")
     return None
 
 

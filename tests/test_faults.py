@@ -1,0 +1,150 @@
+"""Fault injection under a real mpiexec: preemption signals, a killed rank, a kill during a
+checkpoint write, damaged checkpoints, a full disk."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_nn import checkpoint
+from dist_nn.monitor import read_records
+from launch import mpirun
+from tests.test_checkpoint import corrupt
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAM = ROOT / "tests" / "dist" / "programs" / "train_with_faults.py"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
+BASE = ["model.name=mlp", "model.hidden=[32]", "log.plots=false", "log.tensorboard=off",
+        "train.dtype=float64", "model.dropout=0.2", "augment.enabled=true", "augment.flip=0",
+        "augment.crop=1", "augment.noise=0.05", "log.every_steps=2"]
+
+
+def start(run_dir, *arguments, fault=None, ranks=2):
+    """The training job, running in the background."""
+    argv = ([sys.executable, str(PROGRAM), *fault] if fault else
+            [sys.executable, "-m", "dist_nn.train"]) + [*arguments, f"log.run_dir={run_dir}"]
+    return subprocess.Popen(mpirun.command(ranks, argv), cwd=ROOT, text=True,
+                            env=mpirun.rank_environment(ranks, {"PYTHONPATH": str(ROOT)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(job, timeout=120):
+    out, err = job.communicate(timeout=timeout)
+    return job.returncode, out, err
+
+
+def wait_for_step(run_dir, step, job, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert job.poll() is None, job.communicate()
+        path = Path(run_dir) / "metrics.jsonl"
+        if path.exists() and any(r["step"] >= step for r in read_records(run_dir)):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no step {step} in {run_dir}")
+
+
+def rank_pid(run_dir, rank):
+    """The pid of a rank of the job training into run_dir (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if argv[0] == sys.executable.encode() and any(str(run_dir).encode() in a for a in argv) \
+                and f"PMI_RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise LookupError(f"no rank {rank} training into {run_dir}")
+
+
+def final_state(run_dir):
+    return checkpoint.read(checkpoint.step_checkpoints(Path(run_dir) / "checkpoints")[0][1])
+
+
+def test_a_signal_to_one_rank_checkpoints_and_resumes_exactly(tmp_path):
+    """SIGUSR1 to rank 1 alone: both ranks stop after the same step, rank 0 checkpoints,
+    exit 75; the resumed run ends with the parameters of an uninterrupted one."""
+    run = BASE + ["train.max_steps=400"]
+    code, out, err = finish(start(tmp_path / "straight", *run))
+    assert code == 0, err
+    job = start(tmp_path / "preempted", *run)
+    wait_for_step(tmp_path / "preempted", 10, job)
+    os.kill(rank_pid(tmp_path / "preempted", 1), signal.SIGUSR1)
+    code, out, err = finish(job)
+    assert code == 75, err
+    assert "preempted (signal on another rank): checkpoint of step" in out
+    stopped_at = final_state(tmp_path / "preempted")[2]["step"]
+    assert 10 <= stopped_at < 400
+    code, out, err = finish(start(tmp_path / "preempted", *run, "--resume", "auto"))
+    assert code == 0, err
+    assert f"step {stopped_at}" in out
+    a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "preempted")
+    assert a[2]["step"] == b[2]["step"] == 400
+    for key in a[0]:
+        np.testing.assert_array_equal(a[0][key], b[0][key], err_msg=key)
+
+
+def test_kill_9_of_one_rank_ends_the_job(tmp_path):
+    job = start(tmp_path / "run", *BASE, "train.epochs=200")
+    wait_for_step(tmp_path / "run", 6, job)
+    os.kill(rank_pid(tmp_path / "run", 1), signal.SIGKILL)
+    start_time = time.monotonic()
+    code, _, err = finish(job, timeout=60)
+    assert code != 0 and time.monotonic() - start_time < 60
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    run = BASE + ["checkpoint.every_steps=5", "train.max_steps=20"]
+    marker = tmp_path / "writing"
+    job = start(tmp_path / "run", *run, fault=["slow-checkpoint", marker])
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline and job.poll() is None, job.communicate()
+        time.sleep(0.1)
+    os.kill(int(marker.read_text()), signal.SIGKILL)  # rank 0, inside the second write
+    code, _, _ = finish(job, timeout=60)
+    assert code != 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert list(checkpoints.glob("*.partial"))  # the torn write, never renamed
+    path, (_, _, meta) = checkpoint.newest_valid(checkpoints)
+    assert path.name == "step-000000005.h5" and meta["step"] == 5
+    code, out, err = finish(start(tmp_path / "run", *run, "--resume", "auto"))
+    assert code == 0 and "at epoch 0, step 5" in out, err
+    assert final_state(tmp_path / "run")[2]["step"] == 20
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (truncate, "truncated or damaged"),
+    (corrupt, "corrupted: its checksum does not match"),  # flipped bytes in a weight
+])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older(tmp_path, damage, reason):
+    run = BASE + ["checkpoint.every_steps=5"]
+    code, _, err = finish(start(tmp_path / "run", *run, "train.max_steps=15"))
+    assert code == 0, err
+    newest = tmp_path / "run" / "checkpoints" / "step-000000015.h5"
+    damage(newest)
+    code, out, err = finish(start(tmp_path / "run", *run, "train.max_steps=20", "--resume",
+                                  "auto"))
+    assert code == 0, err
+    assert f"warning: skipping {newest}: " in out and reason in out
+    assert "at epoch 0, step 10" in out
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path):
+    run = BASE + ["checkpoint.every_steps=5", "train.max_steps=15"]
+    code, out, err = finish(start(tmp_path / "run", *run, fault=["disk-full"]))
+    assert code == 0, err
+    assert ("warning: could not write the checkpoint of step 10 ([Errno 28] No space left on "
+            "device") in out and "the previous checkpoints are intact" in out
+    steps = [s for s, _ in checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert steps == [15, 5]
