@@ -17,7 +17,7 @@ import numpy
 
 from . import backend, checkpoint, config as configuration, models, nn
 from . import dist as distributed
-from .data import DistributedSampler, Loader, Subset, open_split
+from .data import DataError, DistributedSampler, Loader, Subset, open_split
 from .evaluate import evaluate
 from .monitor import MetricsLog, Progress, plot_run
 from .monitor.guards import DebugStatistics, ExplosionGuard, TrainingStopped, \
@@ -63,7 +63,7 @@ def main(argv=None):
         if error is not None:
             raise error
         return train(config, comm, args.resume, args.debug)
-    except configuration.ConfigError as failure:  # the same on every rank: said once
+    except (configuration.ConfigError, DataError) as failure:  # alike on every rank: said once
         if comm.rank == 0:
             print(f"error: {failure}", file=sys.stderr)
         return EXIT_CONFIG

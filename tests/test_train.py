@@ -151,6 +151,10 @@ def test_transfer_learning_freezes_and_replaces_the_classifier(tmp_path):
     (["--resume", "auto"], None),  # replaced below: needs log.run_dir
     (["model.freeze=[\"head\"]"], "model.freeze: 'head' matches no parameter"),
     (["data.path=/nonexistent.h5"], "data file '/nonexistent.h5' does not exist"),
+    (["data.global_batch_size=5000"], "the training split has 1438 samples, fewer than one "
+                                      "step's 5000: lower data.global_batch_size"),
+    (["--resume", "/nonexistent.h5"], "cannot resume from /nonexistent.h5: checkpoint "
+                                       "/nonexistent.h5 does not exist"),
 ])
 def test_config_errors_are_reported_once(tmp_path, arguments, message):
     if message is None:  # --resume auto without a run directory
@@ -160,9 +164,16 @@ def test_config_errors_are_reported_once(tmp_path, arguments, message):
         message = "--resume auto needs log.run_dir"
     else:
         done = run(2, tmp_path / "run", *arguments)
-    assert done.returncode == 2 if "data file" not in message else done.returncode != 0
+    assert done.returncode == 2
     assert message in done.stderr, done.stderr
-    assert done.stderr.count(message) == 1 or "data file" in message
+    assert done.stderr.count(message) == 1
+
+
+def test_resuming_another_model_is_refused(tmp_path):
+    ok(run(1, tmp_path / "run", *SMALL, "train.max_steps=3"))
+    done = run(2, tmp_path / "run", *SMALL, "model.hidden=[16]", "--resume", "auto")
+    assert done.returncode == 2
+    assert "cannot resume from" in done.stderr and "shape mismatches: 1.weight" in done.stderr
 
 
 def test_evaluate_debug_and_overfit(tmp_path):

@@ -8,6 +8,7 @@ the MPI communicator (MPI_THREAD_MULTIPLE), answers the others' questions "which
 are you at?" and, once its own main thread has waited past the timeout, asks every rank:
 those whose sequence number is behind (or that do not answer) did not arrive.
 """
+import atexit
 import sys
 import threading
 import time
@@ -41,8 +42,16 @@ class Watchdog:
         self.sequence = 0          # collectives started by the main thread
         self.waiting = None        # (sequence, name, since) while the main thread waits
         self.control = comm.comm.Dup()
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self.thread.start()
+        atexit.register(self.close)  # runs before mpi4py finalizes MPI (registered earlier)
+
+    def close(self):
+        """Stop the watching thread: no MPI call may race MPI_Finalize."""
+        if self.thread.is_alive():
+            self.stopping.set()
+            self.thread.join()
 
     # --- the communicator interface, each collective counted and timed ---------------------
     def _collective(self, name, call, *args, **kwargs):
@@ -100,7 +109,7 @@ class Watchdog:
             self.control.Send(reply, dest=status.Get_source(), tag=ANSWER)
 
     def _watch(self):
-        while True:
+        while not self.stopping.is_set():
             self._answer_questions()
             waiting = self.waiting
             if waiting is not None and time.monotonic() - waiting[2] > self.timeout:
