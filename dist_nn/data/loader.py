@@ -61,27 +61,26 @@ class Loader:
         pending = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def hand_over(item):
+            """Queue item unless the consumer has stopped; False once it has."""
+            while not stop.is_set():
+                try:
+                    pending.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
         def produce():
             try:
                 for start, end in spans:
                     chosen = indices[start:end]
-                    item = (self.split.read(chosen), self.split.labels[chosen],
-                            int(real[start:end].sum()))
-                    while not stop.is_set():
-                        try:
-                            pending.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
-                item = _END
+                    if not hand_over((self.split.read(chosen), self.split.labels[chosen],
+                                      int(real[start:end].sum()))):
+                        return
+                hand_over(_END)
             except BaseException as error:  # handed to the consumer, raised there
-                item = error
-            while not stop.is_set():
-                try:
-                    pending.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    pass
+                hand_over(error)
 
         reader = threading.Thread(target=produce, name="data-reader", daemon=True)
         reader.start()

@@ -12,12 +12,14 @@ the MPI library is CUDA-aware; NCCL moves them on the GPU and uses MPI for every
 """
 import os
 import sys
+import time
 
 import numpy
 
 from .. import backend
 
 OPS = ("sum", "max", "min")
+ABORT_GRACE_S = 1.0
 
 
 class Done:
@@ -141,6 +143,9 @@ class MPICommunicator:
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort takes every process down at once, and the launcher may drop output still
+        # on its way (seen with MPICH's hydra): give the message a moment to get out first
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 
