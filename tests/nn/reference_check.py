@@ -126,3 +126,15 @@ def check_case_gradients(case):
     errors = assert_gradients(module, inputs["x"].copy())
     assert sorted(errors) == sorted(["input"] + [n for n, _ in module.named_parameters()])
     return errors
+
+
+def reference_tests(cases):
+    """The four checks every layer file runs on its cases, as pytest test functions:
+    against the PyTorch fixture, against PyTorch live, in float32, and gradients."""
+    def parametrized(check):
+        @pytest.mark.parametrize("case", cases)
+        def test(case):
+            check(case)
+        return test
+    return tuple(parametrized(c) for c in (check_against_fixture, check_against_torch,
+                                          check_float32, check_case_gradients))

@@ -8,26 +8,9 @@ from dist_nn import backend, nn
 from . import reference_check as check
 
 CASES = check.cases("batchnorm")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_matches_torch_fixture(case):
-    check.check_against_fixture(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_matches_torch_live(case):
-    check.check_against_torch(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_float32_matches(case):
-    check.check_float32(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_gradients(case):
-    check.check_case_gradients(case)
+# against PyTorch (stored and live), in float32, and by central differences
+test_matches_torch_fixture, test_matches_torch_live, test_float32_matches, \
+    test_gradients = check.reference_tests(CASES)
 
 
 def make_bn(cls=nn.BatchNorm2d, channels=3, **kwargs):
