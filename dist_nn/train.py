@@ -167,6 +167,14 @@ def train(config, comm, resume=None, debug=False):
             say(f"warning: could not write the checkpoint of step {state['step']} ({error}); "
                 "the previous checkpoints are intact", flush=True)
 
+    def validate():
+        """Evaluate the validation split on all ranks and record it."""
+        tick = time.perf_counter()
+        seen = evaluate(model, evaluation.epoch_batches(0), loss_fn, comm)
+        record("val", loss=seen["loss"], accuracy=seen["accuracy"],
+               samples_per_s=seen["count"] / (time.perf_counter() - tick))
+        return seen
+
     # --- the loop ------------------------------------------------------------------------------
     def out_of_steps():
         return bool(config.train.max_steps) and state["step"] >= config.train.max_steps
@@ -236,8 +244,7 @@ def train(config, comm, resume=None, debug=False):
             progress.close()
             if state["batch"] < steps_per_epoch * micro:  # the step budget ended the run
                 if evaluation:
-                    seen = evaluate(model, evaluation.epoch_batches(0), loss_fn, comm)
-                    record("val", loss=seen["loss"], accuracy=seen["accuracy"])
+                    validate()
                 break
             metrics = {"train_loss": epoch_sums[0] / epoch_sums[2],
                        "train_accuracy": epoch_sums[1] / epoch_sums[2]}
@@ -245,11 +252,8 @@ def train(config, comm, resume=None, debug=False):
                    accuracy=metrics["train_accuracy"],
                    samples_per_s=epoch_sums[2] / max(sum(timing.values()), 1e-9), **timing)
             if evaluation:
-                tick = time.perf_counter()
-                seen = evaluate(model, evaluation.epoch_batches(0), loss_fn, comm)
+                seen = validate()
                 metrics.update(val_loss=seen["loss"], val_accuracy=seen["accuracy"])
-                record("val", loss=seen["loss"], accuracy=seen["accuracy"],
-                       samples_per_s=seen["count"] / (time.perf_counter() - tick))
                 say(f"epoch {state['epoch']}: val loss {seen['loss']:.4f} "
                     f"accuracy {seen['accuracy']:.4f}", flush=True)
             state["epoch"] += 1

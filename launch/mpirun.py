@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dist_nn.dist.process import THREAD_VARIABLES, cores_per_rank
+
 
 def mpiexec_path():
     """The mpiexec beside sys.executable, else the one on PATH, else None."""
@@ -21,13 +23,8 @@ def mpiexec_path():
 
 def rank_environment(ranks, extra=None):
     """os.environ plus one node's share of the cores per rank for BLAS/OpenMP threads."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    threads = str(max(1, cores // ranks))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
-               MKL_NUM_THREADS=threads)
+    threads = str(cores_per_rank(ranks))
+    env = dict(os.environ, **{variable: threads for variable in THREAD_VARIABLES})
     env.update(extra or {})
     return env
 
