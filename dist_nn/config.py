@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 def option(default, help, choices=None):
     """A config field: its default, a description, and (optionally) its allowed values."""
-    factory = (lambda: list(default)) if isinstance(default, list) else None
+    factory = (lambda: type(default)(default)) if isinstance(default, (list, dict)) else None
     meta = {"help": help, "choices": choices}
     if factory:
         return field(default_factory=factory, metadata=meta)
@@ -38,7 +38,10 @@ METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
 
 @dataclass
 class Model:
-    name: str = option("cnn", "model builder", MODELS)
+    name: str = option("cnn", "model builder: " + ", ".join(MODELS) + ", or your own as "
+                              "\"package.module:function\"")
+    options: dict = option({}, "keyword options of the builder (model.options.width=64); "
+                               "the built-in models also take the keys below")
     dropout: float = option(0.3, "dropout probability of models with dropout (0 turns it off)")
     sync_bn: bool = option(True, "synchronise BatchNorm statistics across ranks")
     hidden: list = option([512, 512], "mlp: hidden layer widths")
@@ -176,7 +179,8 @@ def sections(config):
 
 def _typed(section, key, value, spec):
     """value converted to the field's type, or ConfigError naming what was expected."""
-    kind = type(spec.default) if spec.default is not dataclasses.MISSING else list
+    kind = type(spec.default if spec.default is not dataclasses.MISSING else
+                spec.default_factory())
     where = f"{section}.{key}"
     if kind is bool:
         if not isinstance(value, bool):
@@ -191,6 +195,9 @@ def _typed(section, key, value, spec):
     elif kind is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list like [1, 2], got {value!r}")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table like {{width = 64}}, got {value!r}")
     elif not isinstance(value, str):
         raise ConfigError(f"{where} must be a string, got {value!r}")
     choices = spec.metadata.get("choices")
@@ -204,6 +211,10 @@ def _set(config, section, key, value):
     if section not in parts:
         raise ConfigError(f"unknown section [{section}]; sections are {', '.join(parts)}")
     specs = {f.name: f for f in fields(parts[section])}
+    table, dot, entry = key.partition(".")
+    if dot and table in specs and isinstance(getattr(parts[section], table), dict):
+        getattr(parts[section], table)[entry] = value  # model.options.width=64
+        return
     if key not in specs:
         raise ConfigError(f"unknown key {section}.{key}; [{section}] has "
                           f"{', '.join(specs)}")
@@ -274,6 +285,9 @@ def validate(config):
         raise ConfigError("set data.batch_size (per rank) or data.global_batch_size (>= 1)")
     if config.train.epochs == 0 and config.train.max_steps == 0:
         raise ConfigError("nothing to train: set train.epochs or train.max_steps")
+    if ":" not in config.model.name and config.model.name not in MODELS:
+        raise ConfigError(f"model.name = {config.model.name!r} is not one of "
+                          f"{', '.join(MODELS)}, nor an import path \"package.module:function\"")
     for name in ("hidden", "channels"):
         values = getattr(config.model, name)
         if not values or not all(isinstance(v, int) and v > 0 for v in values):
@@ -303,6 +317,8 @@ def _literal(value):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)} = {_literal(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 

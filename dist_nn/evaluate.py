@@ -49,13 +49,19 @@ def main(argv=None):
         model_state, _, meta = checkpoint.read(args.checkpoint)
         config = configuration.loads(meta["config"])
         backend.use(dtype=config.train.dtype)
+        if meta.get("model_given"):
+            raise configuration.ConfigError(
+                f"{args.checkpoint} holds the weights of a model given to Trainer as an "
+                "object, which cannot be rebuilt from its config: build it yourself and "
+                "load_state_dict(dist_nn.checkpoint.read(path)[0])")
         split = open_split(data_path(args.data, comm), args.split, comm)
-    except (checkpoint.CheckpointError, DataError, configuration.ConfigError, KeyError) as error:
+        model = models.from_config(config.model, split.sample_shape, split.num_classes)
+        model.load_state_dict(model_state)
+    except (checkpoint.CheckpointError, DataError, configuration.ConfigError, models.ModelError,
+            KeyError) as error:
         if comm.rank == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2
-    model = models.from_config(config.model, split.sample_shape, split.num_classes)
-    model.load_state_dict(model_state)
     loader = Loader(split, DistributedSampler(len(split), comm.rank, comm.size, shuffle=False),
                     max(comm.size, args.batch_size * comm.size))
     result = evaluate(model, loader, nn.SoftmaxCrossEntropy(), comm, split.num_classes)

@@ -23,7 +23,8 @@ def test_round_trip_through_toml():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.nme=cnn"], r"unknown key model.nme; \[model\] has name, dropout"),
+    (["model.nme=cnn"], r"unknown key model.nme; \[model\] has name, options, dropout"),
+    (["model.options=3"], r"model.options must be a table like \{width = 64\}, got 3"),
     (["modle.name=cnn"], r"unknown section \[modle\]; sections are model, data"),
     (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
     (["train.epochs=2.5"], "train.epochs must be an integer, got 2.5"),
@@ -39,6 +40,16 @@ def test_round_trip_through_toml():
 def test_bad_values_name_what_is_valid(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load(None, overrides)
+
+
+def test_builder_options_from_toml_and_overrides_round_trip(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nname = "mymodels:wide"\n[model.options]\nwidth = 64\n')
+    loaded = config.load(path, ["model.options.depth=3", 'model.options.act="gelu"'])
+    assert loaded.model.name == "mymodels:wide"
+    assert loaded.model.options == {"width": 64, "depth": 3, "act": "gelu"}
+    assert config.loads(config.to_toml(loaded)).model.options == loaded.model.options
+    assert config.Config().model.options == {}  # not shared between configs
 
 
 def test_bad_files(tmp_path):

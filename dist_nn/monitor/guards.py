@@ -2,8 +2,8 @@
 
 - initial_loss_warning: a C-class softmax starts near ln C; far from it means bad labels,
   a bad initialisation scale or a broken output layer.
-- ExplosionGuard: stop once the loss exceeds `factor` times its first value (the learning
-  rate is almost always too high).
+- ExplosionGuard: stop once the smoothed loss stays above `factor` times a sane reference
+  (the learning rate is almost always too high); one-step spikes that recover pass.
 - first_nonfinite_layer / first_nonfinite_gradient: which layer first produced NaN or Inf,
   by re-running the forward pass with hooks (only once something went wrong), or which
   parameter's gradient is not finite.
@@ -33,23 +33,41 @@ def initial_loss_warning(loss, num_classes):
 
 
 class ExplosionGuard:
-    def __init__(self, factor):
-        self.factor, self.initial = factor, None
+    """Stop a run whose loss really diverges, not one that spikes and recovers: the smoothed
+    loss (a bias-corrected exponential moving average, as Adam's moments) must stay above
+    `factor` times the reference for `patience` consecutive steps. The reference is the first
+    loss but never less than `floor` (ln C for a C-class softmax, what fresh weights give), so
+    a fine-tuned model whose first loss is tiny is not called diverging when its loss moves
+    back towards ordinary values. factor = 0 turns the guard off."""
+
+    def __init__(self, factor, floor=0.0, beta=0.9, patience=10):
+        self.factor, self.floor, self.beta, self.patience = factor, floor, beta, patience
+        self.reference, self.average, self.count, self.above = None, 0.0, 0, 0
 
     def check(self, loss, step, lr):
-        if self.initial is None:
-            self.initial = loss
-        if self.factor and math.isfinite(loss) and loss > self.factor * self.initial:
+        """Account the loss of `step` (numbered as the records number it)."""
+        if not math.isfinite(loss):
+            return  # the NaN/Inf check names the layer instead
+        if self.reference is None:
+            self.reference = max(loss, self.floor)
+        self.count += 1
+        self.average = self.beta * self.average + (1 - self.beta) * loss
+        smoothed = self.average / (1 - self.beta ** self.count)
+        self.above = self.above + 1 if self.factor and smoothed > self.factor * self.reference \
+            else 0
+        if self.above >= self.patience:
             raise TrainingStopped(
-                f"loss {loss:.4g} at step {step} exceeds {self.factor:g}x its initial value "
-                f"{self.initial:.4g}: the run is diverging; lower the learning rate "
-                f"(now {lr:.4g})")
+                f"smoothed loss {smoothed:.4g} at step {step} has exceeded {self.factor:g}x "
+                f"the reference {self.reference:.4g} for {self.patience} steps: the run is "
+                f"diverging; lower the learning rate (now {lr:.4g})")
 
     def state_dict(self):
-        return {"initial": self.initial}
+        return {"reference": self.reference, "average": self.average, "count": self.count,
+                "above": self.above}
 
     def load_state_dict(self, state):
-        self.initial = state["initial"]
+        self.reference, self.average = state["reference"], state["average"]
+        self.count, self.above = state["count"], state["above"]
 
 
 def _all_finite(array):

@@ -1,0 +1,411 @@
+"""The Trainer: config -> build -> loop, for `python -m dist_nn.train` and for scripts.
+
+    from dist_nn import Trainer
+    result = Trainer("run.toml", ["optim.lr=0.1"]).fit()   # the same script runs on N ranks
+
+Every step each rank takes its share of the global batch and computes its share of the
+global mean loss; backward starts the bucketed gradient allreduce; all ranks apply the same
+optimizer step. Random draws depend only on (seed, rank, step or epoch) and a checkpoint holds
+everything else, so a resumed run continues exactly where it stopped. Every decision that
+ends a run is taken alike on every rank: errors are raised on all of them, and signals are
+agreed through the per-step allreduce.
+"""
+import contextlib
+import math
+import time
+
+import numpy
+
+from . import backend, checkpoint, config as configuration, models, nn
+from . import dist as distributed
+from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer,
+                    make_schedules, prepare_run_dir, transfer_weights)
+from .data import DistributedSampler, Loader, Subset, open_split
+from .evaluate import evaluate
+from .monitor import MetricsLog, Progress, plot_run
+from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
+                             gradient_check_report, initial_loss_warning, nonfinite_report,
+                             write_debug_report)
+
+EXIT_CONFIG, EXIT_STOPPED = 2, 3
+EXIT_REQUEUE = 75  # preempted after a checkpoint: the job script requeues (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C, after a checkpoint
+
+
+class Preempted(SystemExit):
+    """The run stopped after writing a checkpoint because a rank received a signal; its code
+    is the exit status (75: requeue, 130: Ctrl-C). Uncaught, the process exits with it."""
+
+
+def plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+class Trainer:
+    """A training run. `config`: a TOML path, a `config.Config` or None (the defaults);
+    `overrides`: dotted `section.key=value` strings applied on top; `model`: an nn.Module
+    built by the caller, used instead of `model.name` (checkpoints then hold its weights, and
+    rebuilding it for evaluation is the caller's business). `resume`: "auto" or a
+    checkpoint path; `debug`: gradient check and dead-ReLU/update reports; `comm`: a
+    communicator (default: set up from the config, MPI when launched under mpiexec)."""
+
+    def __init__(self, config=None, overrides=(), model=None, *, resume=None, debug=False,
+                 comm=None):
+        if isinstance(config, configuration.Config):
+            config = configuration.loads(configuration.to_toml(config), overrides)
+        else:
+            config = configuration.load(config, overrides)
+        if resume == "auto" and not config.log.run_dir:
+            raise configuration.ConfigError("--resume auto needs log.run_dir=... (the run to "
+                                            "resume)")
+        self.config, self.given_model, self.resume, self.debug = config, model, resume, debug
+        self.comm = comm or distributed.setup(config.train.comm, config.train.device,
+                                              watchdog_s=config.train.watchdog_s)
+        self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
+        # position; best value of checkpoint.best_metric; early stopping's watched value, count
+        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "watched": None,
+                      "stale": 0}
+        self.metrics, self.log = {}, None
+
+    # --- the run ---------------------------------------------------------------------------
+    def fit(self):
+        """Train to the end (epochs, max_steps, early stopping); returns a summary dict with
+        run_dir, step, epoch, train_loss/train_accuracy and, with a validation split,
+        val_loss/val_accuracy. Raises ConfigError/DataError (bad input), TrainingStopped
+        (a guard) or Preempted (a signal, after a checkpoint)."""
+        self.build()
+        self.restore()
+        try:
+            while not self.finished():
+                self.train_epoch()
+            self.finish()
+        finally:
+            if self.log is not None:
+                self.log.close()
+        return {"run_dir": str(self.run_dir), "step": self.state["step"],
+                "epoch": self.state["epoch"], **self.metrics}
+
+    def finished(self):
+        return self.state["epoch"] >= self.config.train.epochs or self.out_of_steps() or \
+            self.stopped_early
+
+    def out_of_steps(self):
+        return bool(self.config.train.max_steps) and \
+            self.state["step"] >= self.config.train.max_steps
+
+    # --- building ----------------------------------------------------------------------------
+    def build(self):
+        backend.use(dtype=self.config.train.dtype)
+        self.run_dir = self.comm.bcast_obj(prepare_run_dir(self.config)
+                                           if self.comm.rank == 0 else None)
+        self.say(f"run directory: {self.run_dir}")
+        self.say("\n".join(distributed.placement(self.comm)), flush=True)
+        self.preemption = distributed.PreemptionSignal()
+        self.build_data()
+        self.build_model()
+        self.build_optimizer()
+        self.stopped_early = False
+        self.log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
+            self.config.log.tensorboard]) if self.comm.rank == 0 else None
+        self.started = time.perf_counter()
+
+    def build_data(self):
+        c, comm = self.config, self.comm
+        path = data_path(c.data.path, comm)
+        self.train_split = open_split(path, "train", comm)
+        self.val_split = open_split(path, "val", comm) if has_split(path, "val") else None
+        self.overfit = c.train.overfit_samples > 0
+        if self.overfit:  # debugging: a tiny subset, no augmentation, to be learnt perfectly
+            self.train_split = self.val_split = Subset(self.train_split, range(
+                min(c.train.overfit_samples, len(self.train_split))))
+        configuration.check_metrics(c, has_val=self.val_split is not None)
+        self.global_batch = c.data.batch_size * comm.size or c.data.global_batch_size
+        self.micro = c.optim.accumulate
+        self.loader = Loader(
+            self.train_split, DistributedSampler(len(self.train_split), comm.rank, comm.size,
+                                                 seed=c.train.seed),
+            self.global_batch, None if self.overfit else make_augmenter(c.augment,
+                                                                        c.train.epochs),
+            c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb)
+        self.steps_per_epoch = len(self.loader) // self.micro
+        if self.steps_per_epoch == 0:
+            raise configuration.ConfigError(
+                f"the training split has {len(self.train_split)} samples, fewer than one "
+                f"step's {self.global_batch * self.micro}: lower data.global_batch_size (or "
+                "data.batch_size) or optim.accumulate")
+        self.evaluation = self.val_split and Loader(
+            self.val_split, DistributedSampler(len(self.val_split), comm.rank, comm.size,
+                                               shuffle=False),
+            max(comm.size, c.data.eval_batch_size * comm.size), cache_mb=c.data.cache_mb)
+
+    def build_model(self):
+        c, comm, split = self.config, self.comm, self.train_split
+        backend.seed(c.train.seed)
+        try:
+            if self.given_model is None:
+                self.model = models.from_config(c.model, split.sample_shape, split.num_classes,
+                                                comm)
+            else:
+                self.model = models.check_fits(self.given_model, split.sample_shape,
+                                               split.num_classes, "given to Trainer")
+        except models.ModelError as error:
+            raise configuration.ConfigError(str(error)) from None
+        if c.model.init_from:
+            self.say(transfer_weights(self.model, c.model.init_from))
+        freeze(self.model, c.model.freeze)
+        distributed.check_same_everywhere(self.model, comm, configuration.to_toml(c))
+        distributed.broadcast_state(self.model, comm)
+        nn.skip_input_grad(self.model)
+        self.loss_fn = nn.SoftmaxCrossEntropy()
+        # fresh weights give ln C; transferred ones may start far below it
+        self.guard = ExplosionGuard(c.train.explosion_factor,
+                                    floor=math.log(split.num_classes))
+        self.statistics = DebugStatistics(self.model) if self.debug else None
+
+    def build_optimizer(self):
+        c = self.config
+        scale = self.global_batch * self.micro / c.optim.reference_batch if c.optim.scale_lr \
+            else 1
+        self.opt = make_optimizer(c.optim, self.model.parameters(), c.optim.lr * scale)
+        total_steps = c.train.epochs * self.steps_per_epoch
+        if c.train.max_steps:
+            total_steps = min(total_steps, c.train.max_steps)
+        self.schedules, self.plateau = make_schedules(c.schedule, self.opt,
+                                                      self.steps_per_epoch, total_steps)
+        self.sync = distributed.GradSync(self.model, self.opt.flat, self.comm,
+                                         c.train.bucket_mb, c.train.overlap, average=False)
+
+    def restore(self):
+        """Continue from a checkpoint when asked to (--resume), then the --debug report."""
+        if self.resume:
+            where = checkpoint.restore(self.resume, self.run_dir, self.comm, self.model,
+                                       self.opt, self.schedules, self.plateau, self.guard,
+                                       self.state, self.global_batch, self.micro, self.say)
+            if where:
+                self.say(f"resumed from {where} at epoch {self.state['epoch']}, step "
+                         f"{self.state['step']}")
+        if self.debug:
+            if self.given_model is not None:
+                self.say("--debug: no gradient check of a model given to Trainer (it is "
+                         "checked on a float64 twin built from model.name)")
+            else:
+                self.say(gradient_check_report(self.config, self.model, self.train_split,
+                                               self.loss_fn))
+
+    # --- one epoch, one step -------------------------------------------------------------------
+    def train_epoch(self):
+        """Train the rest of the current epoch (or up to the step budget), then validate,
+        checkpoint and decide on early stopping."""
+        self.timing = dict.fromkeys(("data_wait", "compute", "allreduce_wait", "optimizer"),
+                                    0.0)
+        self.epoch_sums, self.window_sums = numpy.zeros(3), numpy.zeros(3)  # loss, correct, n
+        self.window_start = time.perf_counter()
+        self.progress = Progress(self.steps_per_epoch, self.state["epoch"],
+                                 enabled=self.comm.rank == 0)
+        batches = self.loader.epoch_batches(self.state["epoch"], self.state["batch"])
+        while self.state["batch"] < self.steps_per_epoch * self.micro and \
+                not self.out_of_steps():
+            self.step(batches)
+        self.progress.close()
+        if self.state["batch"] < self.steps_per_epoch * self.micro:  # the step budget ran out
+            if self.evaluation:
+                seen = self.validate()
+                self.say(f"step {self.state['step']} (train.max_steps): val loss "
+                         f"{seen['loss']:.4f} accuracy {seen['accuracy']:.4f}", flush=True)
+            return
+        self.end_epoch()
+
+    def step(self, batches):
+        """One optimizer step of optim.accumulate micro-batches, its checks and records."""
+        c, state, timing = self.config, self.state, self.timing
+        backend.seed(c.train.seed, self.comm.rank, state["step"])  # dropout masks
+        if self.statistics is not None:
+            self.statistics.active = state["step"] % c.log.debug_every == 0
+            self.statistics.before_step()
+        self.opt.zero_grad()
+        local = numpy.zeros(4)  # loss, correct, samples, preemption requested
+        for m in range(self.micro):
+            tick = time.perf_counter()
+            batch = next(batches)
+            timing["data_wait"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            last = m == self.micro - 1
+            with contextlib.nullcontext() if last else self.sync.no_sync():
+                logits = self.model.forward(batch.x)
+                local[0] += float(self.loss_fn.forward(
+                    logits, batch.y, mean_over=self.global_batch * self.micro))
+                self.model.backward(self.loss_fn.backward())
+            local[1] += int((logits.argmax(axis=1) == batch.y).sum())
+            local[2] += len(batch.y)
+            timing["compute"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        self.sync.wait()
+        local[3] = self.preemption.received is not None
+        self.comm.allreduce(local)  # every rank learns of a signal on any rank
+        timing["allreduce_wait"] += time.perf_counter() - tick
+        self.check_step(local[0], batch.x)
+        tick = time.perf_counter()
+        self.opt.step()
+        for schedule in self.schedules:
+            schedule.step()
+        timing["optimizer"] += time.perf_counter() - tick
+        state["step"] += 1
+        state["batch"] += self.micro
+        self.account(local)
+        if local[3]:  # all ranks stop after the same step
+            self.stop_for_signal()
+        every = c.checkpoint.every_steps
+        if every and state["step"] % every == 0:
+            self.save()
+
+    def check_step(self, loss, x):
+        """Stop the run, on every rank alike, when the global loss or the gradients went
+        NaN/Inf (naming the first layer that produced them) or the loss diverges. Steps are
+        numbered as the records number them: the first step is step 1."""
+        step = self.state["step"] + 1
+        if not (math.isfinite(loss) and math.isfinite(float(self.opt.flat.grad.sum()))):
+            raise TrainingStopped(self.comm.bcast_obj(nonfinite_report(self.model, x, step)))
+        if step == 1 and not self.config.model.init_from and not self.resume:
+            warning = initial_loss_warning(loss, self.train_split.num_classes)
+            if warning:
+                self.say(warning, flush=True)
+        self.guard.check(loss, step, self.opt.lr)
+
+    def account(self, local):
+        """Add a step's global loss/correct/count to the epoch's and the log window's sums;
+        write the training record (and the --debug report) when one is due."""
+        sums = numpy.array([local[0] * local[2], local[1], local[2]])
+        self.epoch_sums += sums
+        self.window_sums += sums
+        step = self.state["step"]
+        if self.statistics is not None and self.statistics.active and self.comm.rank == 0:
+            write_debug_report(self.run_dir, step, self.statistics)
+        if step % self.config.log.every_steps == 0:
+            n = self.window_sums[2]
+            values = {"loss": self.window_sums[0] / n, "accuracy": self.window_sums[1] / n,
+                      "samples_per_s": n / (time.perf_counter() - self.window_start)}
+            self.record("train", **values)
+            self.progress.update(self.state["batch"] // self.micro, **values, lr=self.opt.lr)
+            self.window_sums, self.window_start = numpy.zeros(3), time.perf_counter()
+
+    def stop_for_signal(self):
+        """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
+        self.save()
+        received = self.preemption.received or "signal on another rank"
+        code = EXIT_INTERRUPTED if received == "SIGINT" else EXIT_REQUEUE
+        self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
+                 f"checkpoint of step {self.state['step']} written; exiting with {code}"
+                 + (" for the job script to requeue" if code == EXIT_REQUEUE else ""),
+                 flush=True)
+        raise Preempted(code)
+
+    def end_epoch(self):
+        """Epoch records, validation, plateau schedule, checkpoints, early stopping."""
+        c, state, sums = self.config, self.state, self.epoch_sums
+        self.metrics = {"train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2]}
+        self.record("train", scope="epoch", loss=self.metrics["train_loss"],
+                    accuracy=self.metrics["train_accuracy"],
+                    samples_per_s=sums[2] / max(sum(self.timing.values()), 1e-9), **self.timing)
+        if self.evaluation:
+            seen = self.validate()
+            self.say(f"epoch {state['epoch']}: val loss {seen['loss']:.4f} "
+                     f"accuracy {seen['accuracy']:.4f}", flush=True)
+        state["epoch"] += 1
+        state["batch"] = 0
+        if self.plateau is not None:
+            self.plateau.step(self.metrics[c.schedule.plateau_metric])
+        improved = self.track_best()
+        self.save()
+        if improved and c.checkpoint.keep_best:
+            self.save(checkpoint.BEST)
+        if self.overfit and self.metrics.get("val_accuracy") == 1.0:
+            self.say(f"overfit: 100% training accuracy on {len(self.train_split)} samples "
+                     f"after {plural(state['epoch'], 'epoch')}")
+            self.stopped_early = True
+        elif self.overfit and state["epoch"] >= c.train.epochs:
+            raise TrainingStopped(f"could not overfit {len(self.train_split)} samples in "
+                                  f"{plural(c.train.epochs, 'epoch')}: check the model and "
+                                  "the learning rate")
+        patience = c.train.early_stopping_patience
+        if patience and state["stale"] >= patience:
+            self.say(f"early stopping: {c.train.early_stopping_metric} has not improved for "
+                     f"{plural(patience, 'epoch')}")
+            self.stopped_early = True
+
+    def track_best(self):
+        """Update the best value of checkpoint.best_metric and the early-stopping count; True
+        when this epoch is the best so far."""
+        c, state, metrics = self.config, self.state, self.metrics
+
+        def better(value, reference, metric, delta=0.0):
+            if reference is None:
+                return True
+            return value < reference - delta if metric.endswith("loss") else \
+                value > reference + delta
+
+        improved = better(metrics[c.checkpoint.best_metric], state["best"],
+                          c.checkpoint.best_metric)
+        if improved:
+            state["best"] = metrics[c.checkpoint.best_metric]
+        watched = c.train.early_stopping_metric
+        if better(metrics[watched], state["watched"], watched, c.train.early_stopping_min_delta):
+            state["watched"], state["stale"] = metrics[watched], 0
+        else:
+            state["stale"] += 1
+        return improved
+
+    # --- validation, records, checkpoints ----------------------------------------------------
+    def validate(self):
+        """Evaluate the validation split on all ranks, record it and keep it in the summary."""
+        tick = time.perf_counter()
+        seen = evaluate(self.model, self.evaluation.epoch_batches(0), self.loss_fn, self.comm)
+        self.record("val", loss=seen["loss"], accuracy=seen["accuracy"],
+                    samples_per_s=seen["count"] / (time.perf_counter() - tick))
+        self.metrics.update(val_loss=seen["loss"], val_accuracy=seen["accuracy"])
+        return seen
+
+    def record(self, split, **values):
+        if self.log is not None:
+            self.log.write({"split": split, "epoch": self.state["epoch"],
+                            "step": self.state["step"], "lr": self.opt.lr,
+                            "time": time.perf_counter() - self.started, **values})
+
+    def save(self, name=None):
+        """Rank 0 writes the step checkpoint (or `name`, e.g. best.h5); a failed write keeps
+        the previous checkpoints and training goes on."""
+        if self.comm.rank != 0:
+            return
+        state = self.state
+        meta = {**state, "samples": state["batch"] * self.global_batch,
+                "world_size": self.comm.size,
+                "schedules": [s.state_dict() for s in self.schedules],
+                "plateau": self.plateau.state_dict() if self.plateau else None,
+                "guard": self.guard.state_dict(),
+                "config": configuration.to_toml(self.config),
+                "model_given": self.given_model is not None}
+        content = (self.model.state_dict(), self.opt.state_dict(), meta)
+        try:
+            if name is None:
+                checkpoint.save_step(self.run_dir / "checkpoints", state["step"], *content,
+                                     self.config.checkpoint.keep)
+            else:
+                checkpoint.write(self.run_dir / "checkpoints" / name, *content)
+        except OSError as error:
+            self.say(f"warning: could not write the checkpoint of step {state['step']} "
+                     f"({error}); the previous checkpoints are intact", flush=True)
+
+    def finish(self):
+        """The final checkpoint (when the last step did not write one), the final validation
+        when this process has not run one (a resumed run that had already ended), plots."""
+        if self.out_of_steps():
+            self.save()
+        if self.evaluation and "val_loss" not in self.metrics:
+            seen = self.validate()
+            self.say(f"final: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}")
+        if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
+            try:
+                self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir)))
+            except RuntimeError as error:
+                self.say(f"warning: no plots: {error}")
+        self.say(f"done: {plural(self.state['step'], 'step')}, "
+                 f"{plural(self.state['epoch'], 'epoch')}; run directory {self.run_dir}")

@@ -1,0 +1,163 @@
+"""dist_nn.Trainer and users' own models: the README's user workflow run from a directory
+outside the repository, builder errors, a model object, fine-tuning and spikes past the
+guards. Distributed runs start a real mpiexec (2 ranks)."""
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_nn import Trainer, checkpoint, nn
+from dist_nn.config import ConfigError
+from dist_nn.dist import LocalCommunicator
+from dist_nn.monitor import read_records
+from launch import mpirun
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_mpiexec = pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")
+QUIET = ["log.plots=false", "log.tensorboard=off"]
+
+
+def run(ranks, argv, cwd, timeout=300):
+    return mpirun.run(ranks, [sys.executable, *map(str, argv)], env={"PYTHONPATH": str(ROOT)},
+                      capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def ok(done):
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def readme_files():
+    """{file name: text} of the README's python blocks that start with `# NAME.py`."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n# (\w+\.py)[^\n]*\n(.*?)```", readme, re.S)
+    return {name: text for name, text in blocks}
+
+
+@pytest.mark.slow
+@needs_mpiexec
+def test_the_readme_user_workflow_runs_outside_the_repository(tmp_path):
+    """Own builder, own data file, CLI and script on 2 ranks, resume, evaluate."""
+    files = readme_files()
+    assert {"mymodels.py", "make_data.py", "train_mine.py"} <= set(files)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    ok(run(1, ["make_data.py"], tmp_path))
+    ok(run(2, ["-m", "dist_nn.train", "model.name=mymodels:small_cnn",
+               "model.options.width=32", "data.path=blobs.h5", "train.epochs=2",
+               "log.run_dir=cli", *QUIET], tmp_path))
+    first = ok(run(2, ["train_mine.py"], tmp_path))
+    accuracy = float(re.search(r"val accuracy ([\d.]+) after 56 steps", first.stdout).group(1))
+    assert accuracy >= 0.9, first.stdout
+    again = ok(run(2, ["train_mine.py"], tmp_path))
+    assert "resumed from" in again.stdout and f"val accuracy {accuracy:.3f} after 56 steps" \
+        in again.stdout
+    done = ok(run(2, ["-m", "dist_nn.evaluate", "runs/mine/checkpoints/best.h5", "--data",
+                      "blobs.h5"], tmp_path))
+    evaluated = float(re.search(r"\(val, 300 samples\): loss [\d.]+, accuracy ([\d.]+)",
+                                done.stdout).group(1))
+    assert evaluated >= accuracy - 6e-4  # best.h5: the best epoch, at least the last one
+    saved = checkpoint.read(checkpoint.step_checkpoints(tmp_path / "runs/mine/checkpoints")[0][1])
+    assert "options = {\"width\" = 32}" in saved[2]["config"]
+    assert saved[0]["0.weight"].shape == (32, 1, 3, 3)
+
+
+BUILDERS = '''
+from dist_nn import nn
+
+def raises(input_shape, num_classes, comm=None):
+    raise RuntimeError("no GPU budget for this model")
+
+def not_a_module(input_shape, num_classes, comm=None):
+    return "a string"
+
+def five_outputs(input_shape, num_classes, comm=None):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+
+def wrong_input(input_shape, num_classes, comm=None):
+    return nn.Sequential(nn.Flatten(), nn.Linear(100, num_classes))
+'''
+
+
+@pytest.mark.slow
+@needs_mpiexec
+@pytest.mark.parametrize("name, message", [
+    ("nowhere:build", "cannot import 'nowhere': ModuleNotFoundError"),
+    ("builders:missing", "'builders' has no function 'missing'"),
+    ("builders:raises", "cannot be built for inputs (1, 8, 8) and 10 classes: RuntimeError: "
+                        "no GPU budget for this model"),
+    ("builders:not_a_module", "the builder returned str, not a dist_nn nn.Module"),
+    ("builders:five_outputs", "to outputs of shape (2, 5); the data needs (2, 10)"),
+    ("builders:wrong_input", "does not fit inputs of shape (1, 8, 8): its forward pass fails"),
+])
+def test_builder_errors_are_one_message_and_exit_2(tmp_path, name, message):
+    (tmp_path / "builders.py").write_text(BUILDERS)
+    done = run(2, ["-m", "dist_nn.train", f"model.name={name}", "log.run_dir=run", *QUIET],
+               tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(message) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_model_object_and_a_config_object_in_one_process(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    from dist_nn import config
+    base = config.load(None, ["train.max_steps=30", f"log.run_dir={tmp_path / 'run'}", *QUIET])
+    result = Trainer(base, ["optim.lr=0.1"], model=model, comm=LocalCommunicator()).fit()
+    assert result["step"] == 30 and result["run_dir"] == str(tmp_path / "run")
+    assert result["val_accuracy"] > 0.8 and 0 < result["val_loss"] < 1
+    saved = checkpoint.read(checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")[0][1])
+    assert saved[2]["model_given"] and "lr = 0.1" in saved[2]["config"]
+    np.testing.assert_array_equal(saved[0]["1.weight"], model.state_dict()["1.weight"])
+    with pytest.raises(ConfigError, match="maps a batch of 2 inputs"):
+        Trainer(overrides=[f"log.run_dir={tmp_path / 'bad'}", *QUIET],
+                model=nn.Sequential(nn.Flatten(), nn.Linear(64, 3)),
+                comm=LocalCommunicator()).fit()
+
+
+SPIKE = '''
+from dist_nn import nn
+
+class SpikeOnce(nn.Module):
+    """Scales the logits by 8 in the forward pass of training step `at` only."""
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls, self.scale = at, 0, 1.0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        self.scale = 8.0 if self.training and self.calls == self.at else 1.0
+        return x * self.scale
+
+    def backward(self, dy):
+        return dy * self.scale
+
+def spiky_mlp(input_shape, num_classes, comm=None, at=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, num_classes), SpikeOnce(at))
+'''
+
+
+@pytest.mark.slow
+@needs_mpiexec
+def test_fine_tuning_and_a_one_step_spike_run_to_the_end(tmp_path):
+    """A trained model fine-tuned at lr 0.1 (its first loss is tiny) and a loss that spikes
+    for one step (> 3x the first loss) and recovers both finish; the step numbers of the
+    console and of metrics.jsonl agree."""
+    (tmp_path / "spiky.py").write_text(SPIKE)
+    small = ["model.name=mlp", "model.hidden=[32]", *QUIET]
+    ok(run(2, ["-m", "dist_nn.train", *small, "train.epochs=8", "log.run_dir=source"],
+           tmp_path))
+    tuned = ok(run(2, ["-m", "dist_nn.train", *small, "train.epochs=2", "optim.lr=0.1",
+                       "model.init_from=source/checkpoints/best.h5", "log.run_dir=tuned"],
+                   tmp_path))
+    assert "done: 44 steps, 2 epochs" in tuned.stdout
+    spiky = ok(run(2, ["-m", "dist_nn.train", "model.name=spiky:spiky_mlp", "optim.lr=0.02",
+                       "train.max_steps=40", "log.every_steps=1", "log.run_dir=spiky", *QUIET],
+                   tmp_path))
+    losses = {r["step"]: r["loss"] for r in read_records(tmp_path / "spiky")
+              if r["split"] == "train" and r.get("scope") != "epoch"}
+    assert losses[3] > 3 * losses[1] and losses[40] < losses[1], losses
+    assert "step 40 (train.max_steps)" in spiky.stdout
