@@ -1,13 +1,26 @@
 """The data-parallel runtime: communicators, gradient sync, start-up checks, metrics, and the
-per-process set-up that keeps a failing rank from hanging the job."""
-from .comm import KINDS, LocalCommunicator, MPICommunicator, NCCLCommunicator, communicator
-from .grad_sync import GradSync
-from .metrics import Totals
-from .process import (LaunchError, PreemptionSignal, abort_on_failure, limit_threads,
-                      placement, setup)
-from .watchdog import Watchdog
-from .startup import broadcast_state, check_same_everywhere, fingerprint, raise_together
+per-process set-up that keeps a failing or vanishing rank from hanging the job.
 
-__all__ = ["KINDS", "GradSync", "LaunchError", "LocalCommunicator", "MPICommunicator",
-           "NCCLCommunicator", "PreemptionSignal", "Totals", "Watchdog", "abort_on_failure", "broadcast_state", "check_same_everywhere",
-           "communicator", "fingerprint", "limit_threads", "placement", "raise_together", "setup"]
+Names load on first use: `dist.signals` must be importable (to catch stop signals) at the very
+start of a run, before NumPy and MPI."""
+import importlib
+
+_HOMES = {
+    "comm": ("KINDS", "LocalCommunicator", "MPICommunicator", "NCCLCommunicator",
+             "communicator"),
+    "grad_sync": ("GradSync",),
+    "metrics": ("Totals",),
+    "process": ("LaunchError", "abort_on_failure", "finished", "limit_threads", "placement",
+                "setup"),
+    "signals": ("PreemptionSignal",),
+    "startup": ("broadcast_state", "check_same_everywhere", "fingerprint", "raise_together"),
+    "watchdog": ("Watchdog",),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -1,13 +1,15 @@
-"""Per-process set-up of a rank: its communicator, CPU threads, GPU, abort on failure, the
-collective watchdog, and preemption signals."""
+"""Per-process set-up of a rank: its communicator, CPU threads, GPU, abort on failure or on
+leaving early, and the collective watchdog."""
+import atexit
 import os
-import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
 from .. import backend
+from . import signals
 from .comm import MPICommunicator, communicator
 from .watchdog import Watchdog
 
@@ -41,8 +43,13 @@ def limit_threads(local_size, threads=None):
 def abort_on_failure(comm):
     """Any uncaught exception, in the main thread or another, is logged with the rank and
     ends the whole job (MPI_Abort): one failing rank never leaves the others hanging in a
-    collective."""
+    collective. With more than one rank, so does a rank that leaves before `finished()`
+    while the others do not (collective: call it on every rank)."""
     def report_and_abort(kind, value, tb, where=""):
+        if issubclass(kind, KeyboardInterrupt):  # Ctrl-C pressed again: no traceback
+            sys.stderr.write(f"[rank {comm.rank}/{comm.size}] interrupted again: stopping "
+                             "without a checkpoint\n")
+            comm.abort(signals.EXIT_INTERRUPTED)
         message = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write(f"[rank {comm.rank}/{comm.size}] uncaught {kind.__name__}{where}; "
                          f"aborting the job\n{message}")
@@ -51,6 +58,53 @@ def abort_on_failure(comm):
     sys.excepthook = report_and_abort
     threading.excepthook = lambda args: report_and_abort(
         args.exc_type, args.exc_value, args.exc_traceback, f" in thread {args.thread.name}")
+    if comm.size > 1:
+        _LeavingGuard(comm)
+
+
+EXIT_GRACE_S = 10.0  # how long a rank leaving before finished() waits for all to leave with it
+_finished = False
+
+
+def finished():
+    """Mark the normal end of this rank's part of a run, once its last collective is behind
+    it: from here on the process may end, however long the other ranks still take (rank 0's
+    final checkpoint). Before it, a rank that ends (sys.exit, os._exit, the end of its program)
+    aborts the whole job, naming itself, unless every rank ends with it."""
+    global _finished
+    _finished = True
+
+
+class _LeavingGuard:
+    """Checks this rank's exits until `finished()`: at exit (SystemExit or the end of the
+    program) and in os._exit, which runs no exit code of Python's and which MPICH's launcher
+    would count as a success while it kills the other ranks."""
+
+    def __init__(self, comm):
+        self.comm, self.pid = comm, os.getpid()
+        self.exits = comm.comm.Dup()  # the others may be inside a collective on the world's
+        self.real_exit = os._exit
+        os._exit = self.os_exit
+        atexit.register(self.check, "sys.exit or the end of its program")  # before MPI's end
+
+    def os_exit(self, code):
+        if os.getpid() == self.pid:  # not a child forked by this rank
+            self.check(f"os._exit({code})")
+        self.real_exit(code)
+
+    def check(self, how):
+        """Return if finished, or when all ranks are leaving too; else abort the job."""
+        if _finished:
+            return
+        every_rank = self.exits.Ibarrier()
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while time.monotonic() < deadline:
+            if every_rank.Test():
+                return
+            time.sleep(0.05)
+        sys.stderr.write(f"[rank {self.comm.rank}/{self.comm.size}] left before the run "
+                         f"finished ({how}) while other ranks carry on; aborting the job\n")
+        self.comm.abort(1)
 
 
 def check_slurm_launch(comm):
@@ -70,7 +124,8 @@ def setup(kind="auto", device="auto", cuda_aware=False, threads=None, watchdog_s
     rank's share of the node's cores, or `threads`), abort on failure, on GPUs the device
     `local_rank` (modulo the GPUs present), and with watchdog_s > 0 a watchdog that aborts
     the job, naming the missing ranks, when a collective waits longer than that."""
-    base = communicator("mpi" if kind == "nccl" else kind, cuda_aware)
+    with signals.held():  # a stop signal during MPI's start-up waits until it is done
+        base = communicator("mpi" if kind == "nccl" else kind, cuda_aware)
     abort_on_failure(base)
     check_slurm_launch(base)
     limit_threads(base.local_size, threads)
@@ -89,17 +144,3 @@ def placement(comm):
     gathered = comm.allgather_obj((socket.gethostname(), comm.local_rank, where))
     return [f"rank {r} -> {host} (local rank {local}) -> {device}"
             for r, (host, local, device) in enumerate(gathered)]
-
-
-class PreemptionSignal:
-    """SIGUSR1 or SIGTERM (SLURM's warning before a time limit or preemption) only sets a
-    flag: the trainer checkpoints at the next step boundary, once all ranks agree."""
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-    def __init__(self):
-        self.received = None
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._note)
-
-    def _note(self, number, frame):
-        self.received = signal.Signals(number).name

@@ -7,13 +7,20 @@ time spent waiting in it is tracked. A background thread per rank, on its own du
 the MPI communicator (MPI_THREAD_MULTIPLE), answers the others' questions "which collective
 are you at?" and, once its own main thread has waited past the timeout, asks every rank:
 those whose sequence number is behind (or that do not answer) did not arrive.
+
+The same thread watches the processes of the other ranks on its node: one that has ended
+while the main thread waits in a collective (killed, or gone through os._exit or a crash that
+ran no exit code) can never arrive, and the job is aborted at once, naming it.
 """
 import atexit
+import os
 import sys
 import threading
 import time
 
 import numpy
+
+from . import signals
 
 ASK, ANSWER = 101, 102  # message tags on the watchdog's own communicator
 POLL_S = 0.1
@@ -42,6 +49,7 @@ class Watchdog:
         self.sequence = 0          # collectives started by the main thread
         self.waiting = None        # (sequence, name, since) while the main thread waits
         self.control = comm.comm.Dup()
+        self.peers = self._node_peers()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self.thread.start()
@@ -52,6 +60,15 @@ class Watchdog:
         if self.thread.is_alive():
             self.stopping.set()
             self.thread.join()
+
+    def _node_peers(self):
+        """{rank: (pid, start time)} of the other ranks on this node."""
+        node = self.comm.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        mine = (self.rank, os.getpid(), _started(os.getpid()))
+        peers = {rank: (pid, started) for rank, pid, started in node.allgather(mine)
+                 if rank != self.rank and started is not None}
+        node.Free()
+        return peers
 
     # --- the communicator interface, each collective counted and timed ---------------------
     def _collective(self, name, call, *args, **kwargs):
@@ -109,12 +126,26 @@ class Watchdog:
             self.control.Send(reply, dest=status.Get_source(), tag=ANSWER)
 
     def _watch(self):
+        signals.block_in_this_thread()
         while not self.stopping.is_set():
             self._answer_questions()
             waiting = self.waiting
-            if waiting is not None and time.monotonic() - waiting[2] > self.timeout:
-                self._report_and_abort(*waiting)
+            if waiting is not None:
+                ended = {r: pid for r, (pid, started) in self.peers.items()
+                         if _started(pid) != started}
+                if ended:
+                    self._abort_for_ended(ended, *waiting)
+                if time.monotonic() - waiting[2] > self.timeout:
+                    self._report_and_abort(*waiting)
             time.sleep(POLL_S)
+
+    def _abort_for_ended(self, ended, sequence, name, _since):
+        sys.stderr.write(
+            f"[rank {self.rank}/{self.size}] ranks {sorted(ended)} on this node have ended "
+            f"(pids {sorted(ended.values())}) while collective #{sequence} ({name}) waits for "
+            "them; aborting the job\n")
+        sys.stderr.flush()
+        self.comm.abort(1)
 
     def _report_and_abort(self, sequence, name, _since):
         """Ask every rank where it is; name those behind; abort the job."""
@@ -142,3 +173,14 @@ class Watchdog:
             "aborting the job\n")
         sys.stderr.flush()
         self.comm.abort(1)
+
+
+def _started(pid):
+    """When process `pid` started (clock ticks since boot), or None when it has ended (or is
+    a zombie) or this is not Linux: a pid reused by another process differs in it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in "ZX" else int(fields[19])  # state; field 22: starttime
