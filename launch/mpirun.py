@@ -4,6 +4,8 @@
 
 The mpiexec of the `mpich` wheel sits beside the Python executable; it is preferred to
 whatever `mpiexec` is on PATH, which may belong to another MPI than mpi4py was loaded with.
+SIGTERM, SIGHUP (as SIGUSR1: preemption) and SIGINT to the launcher reach every rank, and the
+launcher waits for them (launch/job.py).
 """
 import argparse
 import os
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from dist_nn.dist.process import THREAD_VARIABLES, cores_per_rank
+from .job import supervise
 
 
 def mpiexec_path():
@@ -46,7 +49,7 @@ def main():
     parser.add_argument("-n", "--ranks", type=int, required=True)
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="the command to run")
     args = parser.parse_args()
-    sys.exit(run(args.ranks, args.argv).returncode)
+    sys.exit(supervise(command(args.ranks, args.argv), rank_environment(args.ranks)))
 
 
 if __name__ == "__main__":

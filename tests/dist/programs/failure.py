@@ -3,6 +3,8 @@ into collectives; the job must end (non-zero) instead of hanging.
 
     mpiexec -n N python failure.py MODE
         raise | thread | mismatch | stuck      rank 1 raises, in a thread, ... or hangs
+                                               (raise: each rank first prints the files in
+                                               /dev/shm it maps)
         sys_exit | os_exit | kill              rank 1 leaves with exit status 0, or is killed
         together                               every rank calls sys.exit(0) at the same step:
                                                a normal end (exit 0)
@@ -34,6 +36,10 @@ def main(mode):
     loss = nn.SoftmaxCrossEntropy()
     rng = np.random.default_rng(comm.rank)
     for step in range(1000):
+        if mode == "raise" and step == FAILING_STEP - 1:
+            maps = open("/proc/self/maps").read().splitlines()
+            print("shared memory:", *{line[line.find("/dev/shm/"):] for line in maps
+                                      if "/dev/shm/" in line}, flush=True)
         if comm.rank == FAILING_RANK and step == FAILING_STEP:
             if mode == "raise":
                 raise RuntimeError(f"planted failure at step {step}")

@@ -1,0 +1,60 @@
+"""The launcher supervises its job: signals reach the ranks, it waits for them, and an
+aborted job's shared-memory files are removed. (The same with training: tests/test_faults_process.py)"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+from launch import job, mpirun
+from tests.dist import mpi
+
+FAILURE = [sys.executable, str(mpi.PROGRAMS / "failure.py"), "raise"]
+LAUNCHER = [sys.executable, "-m", "launch.mpirun", "-n", "2"]
+ENV = {"PYTHONPATH": str(mpi.ROOT)}
+
+
+def shared_memory_printed(out):
+    return {path for line in out.splitlines() if line.startswith("shared memory:")
+            for path in line.split()[2:]}
+
+
+@mpi.needs_mpi
+def test_an_aborted_job_leaves_no_shared_memory_behind():
+    plain = mpirun.run(2, FAILURE, ENV, capture_output=True, text=True, timeout=60,
+                       cwd=mpi.ROOT)
+    left = {p for p in shared_memory_printed(plain.stdout) if Path(p).exists()}
+    for path in left:  # without the launcher MPI_Abort leaves its files: the fault is real
+        Path(path).unlink()
+    assert plain.returncode != 0 and left, plain.stdout
+    done = subprocess.run(LAUNCHER + FAILURE, capture_output=True, text=True, timeout=60,
+                          cwd=mpi.ROOT, env=mpirun.rank_environment(2, ENV))
+    mapped = shared_memory_printed(done.stdout)
+    assert done.returncode != 0 and mapped, done.stdout
+    assert not [p for p in mapped if Path(p).exists()]
+    assert re.search(r"launcher: removed \d+ shared-memory files the job left in /dev/shm",
+                     done.stderr), done.stderr
+
+
+def test_descendants_and_their_shared_memory(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import mmap, os, time\n"
+                              f"f = open('/dev/shm/{tmp_path.name}-probe', 'w+b')\n"
+                              "f.truncate(4096); m = mmap.mmap(f.fileno(), 4096)\n"
+                              "print(os.getpid(), flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    shell = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
+    probe = Path(f"/dev/shm/{tmp_path.name}-probe")
+    try:
+        assert int(child.stdout.readline()) == child.pid
+        assert job.shared_memory(child.pid) == {probe}
+        time.sleep(0.3)
+        family = job.descendants(shell.pid)
+        assert len(family) == 2 and family[0] == shell.pid
+    finally:
+        child.kill()
+        for pid in job.descendants(shell.pid):
+            os.kill(pid, signal.SIGKILL)
+        probe.unlink(missing_ok=True)
