@@ -14,6 +14,9 @@ FORWARD = {signal.SIGTERM: signal.SIGUSR1, signal.SIGHUP: signal.SIGUSR1,
 PR_SET_PDEATHSIG = 1
 POLL_S = 1.0
 PROC, SHM = Path("/proc"), "/dev/shm/"
+# the segments of MPICH, UCX, OpenMPI (vader, sm) and PSM2: a file of another kind that the
+# job maps (a data set a user put in /dev/shm) is never removed
+MPI_SEGMENTS = ("mpich_shm_", "ucx_shm_posix_", "vader_segment.", "sm_segment.", "psm2_shm.")
 
 
 def supervise(argv, env=None):
@@ -75,7 +78,7 @@ def descendants(pid):
 
 
 def shared_memory(pid):
-    """The files in /dev/shm that the processes of the job rooted at pid have mapped."""
+    """The MPI segments in /dev/shm that the processes of the job rooted at pid have mapped."""
     paths = set()
     for process in descendants(pid):
         try:
@@ -84,6 +87,7 @@ def shared_memory(pid):
             continue
         for line in maps.splitlines():
             where = line.find(SHM)
-            if where >= 0 and not line.endswith(" (deleted)"):
+            if where >= 0 and line[where + len(SHM):].startswith(MPI_SEGMENTS) \
+                    and not line.endswith(" (deleted)"):
                 paths.add(Path(line[where:]))
     return paths

@@ -46,9 +46,9 @@ def abort_on_failure(comm):
     collective. With more than one rank, so does a rank that leaves before `finished()`
     while the others do not (collective: call it on every rank)."""
     def report_and_abort(kind, value, tb, where=""):
-        if issubclass(kind, KeyboardInterrupt):  # Ctrl-C pressed again: no traceback
-            sys.stderr.write(f"[rank {comm.rank}/{comm.size}] interrupted again: stopping "
-                             "without a checkpoint\n")
+        if issubclass(kind, KeyboardInterrupt):  # Ctrl-C with no handler, or pressed again
+            sys.stderr.write(f"[rank {comm.rank}/{comm.size}] interrupted: stopping without "
+                             "a checkpoint\n")
             comm.abort(signals.EXIT_INTERRUPTED)
         message = "".join(traceback.format_exception(kind, value, tb))
         sys.stderr.write(f"[rank {comm.rank}/{comm.size}] uncaught {kind.__name__}{where}; "

@@ -39,14 +39,17 @@ def test_an_aborted_job_leaves_no_shared_memory_behind():
                      done.stderr), done.stderr
 
 
-def test_descendants_and_their_shared_memory(tmp_path):
+def test_descendants_and_their_mpi_segments(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import mmap, os, time\n"
-                              f"f = open('/dev/shm/{tmp_path.name}-probe', 'w+b')\n"
+                              f"f = open('/dev/shm/mpich_shm_{tmp_path.name}', 'w+b')\n"
                               "f.truncate(4096); m = mmap.mmap(f.fileno(), 4096)\n"
+                              f"g = open('/dev/shm/{tmp_path.name}-data', 'w+b')\n"
+                              "g.truncate(4096); n = mmap.mmap(g.fileno(), 4096)\n"
                               "print(os.getpid(), flush=True); time.sleep(60)"],
                              stdout=subprocess.PIPE, text=True)
     shell = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])
-    probe = Path(f"/dev/shm/{tmp_path.name}-probe")
+    probe = Path(f"/dev/shm/mpich_shm_{tmp_path.name}")
+    other = Path(f"/dev/shm/{tmp_path.name}-data")  # not MPI's: never the launcher's to remove
     try:
         assert int(child.stdout.readline()) == child.pid
         assert job.shared_memory(child.pid) == {probe}
@@ -58,3 +61,4 @@ def test_descendants_and_their_shared_memory(tmp_path):
         for pid in job.descendants(shell.pid):
             os.kill(pid, signal.SIGKILL)
         probe.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)
