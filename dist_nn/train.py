@@ -8,6 +8,10 @@ on disk; 2 configuration or data error; 3 stopped by a guard (NaN/Inf, diverging
 4 finished but the final checkpoint could not be written; 75 preempted after a checkpoint
 (requeue); 130 interrupted by Ctrl-C after a checkpoint; anything else: the job aborted.
 """
+if __name__ == "__main__":  # first of all: a stop signal during the imports below is kept
+    from .dist.signals import PreemptionSignal
+    PreemptionSignal()
+
 import argparse
 import sys
 
@@ -40,6 +44,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    distributed.PreemptionSignal()  # before MPI and the data: a stop signal there is kept
     args = parse_args(argv)
     try:
         trainer, error = Trainer(args.config, args.overrides, resume=args.resume,

@@ -18,6 +18,7 @@ import numpy
 
 from . import backend, checkpoint, config as configuration, models, nn
 from . import dist as distributed
+from .dist.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer,
                     make_schedules, prepare_run_dir, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
@@ -28,8 +29,6 @@ from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              write_debug_report)
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
-EXIT_REQUEUE = 75  # preempted after a checkpoint: the job script requeues (EX_TEMPFAIL)
-EXIT_INTERRUPTED = 130  # Ctrl-C, after a checkpoint
 
 
 class Preempted(SystemExit):
@@ -59,6 +58,7 @@ class Trainer:
             raise configuration.ConfigError("--resume auto needs log.run_dir=... (the run to "
                                             "resume)")
         self.config, self.given_model, self.resume, self.debug = config, model, resume, debug
+        self.preemption = distributed.PreemptionSignal()  # before MPI's start-up: kept
         self.comm = comm or distributed.setup(config.train.comm, config.train.device,
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
@@ -100,7 +100,6 @@ class Trainer:
                                            if self.comm.rank == 0 else None)
         self.say(f"run directory: {self.run_dir}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
-        self.preemption = distributed.PreemptionSignal()
         self.build_data()
         self.build_model()
         self.build_optimizer()
@@ -223,7 +222,7 @@ class Trainer:
             self.statistics.active = state["step"] % c.log.debug_every == 0
             self.statistics.before_step()
         self.opt.zero_grad()
-        local = numpy.zeros(4)  # loss, correct, samples, preemption requested
+        local = numpy.zeros(5)  # loss, correct, samples, preemption and interrupt votes
         for m in range(self.micro):
             tick = time.perf_counter()
             batch = next(batches)
@@ -240,7 +239,7 @@ class Trainer:
             timing["compute"] += time.perf_counter() - tick
         tick = time.perf_counter()
         self.sync.wait()
-        local[3] = self.preemption.received is not None
+        local[3:] = self.preemption.votes()
         self.comm.allreduce(local)  # every rank learns of a signal on any rank
         timing["allreduce_wait"] += time.perf_counter() - tick
         self.check_step(local[0], batch.x)
@@ -252,8 +251,9 @@ class Trainer:
         state["step"] += 1
         state["batch"] += self.micro
         self.account(local)
-        if local[3]:  # all ranks stop after the same step
-            self.stop_for_signal()
+        stop = self.preemption.exit_code(local[3:])
+        if stop:  # all ranks stop after the same step
+            self.stop_for_signal(stop)
         every = c.checkpoint.every_steps
         if every and state["step"] % every == 0:
             self.save()
@@ -288,14 +288,14 @@ class Trainer:
             self.progress.update(self.state["batch"] // self.micro, **values, lr=self.opt.lr)
             self.window_sums, self.window_start = numpy.zeros(3), time.perf_counter()
 
-    def stop_for_signal(self):
+    def stop_for_signal(self, code):
         """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
+        distributed.finished()  # the other ranks may leave while rank 0 writes
         self.save()
         received = self.preemption.received or "signal on another rank"
-        code = EXIT_INTERRUPTED if received == "SIGINT" else EXIT_REQUEUE
         self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
                  f"checkpoint of step {self.state['step']} written; exiting with {code}"
-                 + (" for the job script to requeue" if code == EXIT_REQUEUE else ""),
+                 + (" for the job script to requeue" if code == EXIT_PREEMPTED else ""),
                  flush=True)
         raise Preempted(code)
 
@@ -402,6 +402,7 @@ class Trainer:
         if self.evaluation and "val_loss" not in self.metrics:
             seen = self.validate()
             self.say(f"final: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}")
+        distributed.finished()  # the last collective is behind: the others may leave
         if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
             try:
                 self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir)))
