@@ -19,10 +19,11 @@ from tests.dist import mpi
     ("stuck", "[rank 0/2] watchdog: collective #"),
     # a rank that leaves with status 0: MPICH's launcher once reported the job a success
     # (os._exit) or it hung in MPI_Finalize (sys.exit)
-    ("sys_exit", "[rank 1/2] left before the run finished (sys.exit or the end of its program)"
-                 " while other ranks carry on; aborting the job"),
-    ("os_exit", "[rank 1/2] left before the run finished (os._exit(0)) while other ranks carry "
-                "on; aborting the job"),
+    pytest.param("sys_exit", "[rank 1/2] left before the run finished (sys.exit or the end "
+                 "of its program) while other ranks carry on; aborting the job",
+                 marks=pytest.mark.slow),  # slow: the others get 10 s to end with it
+    pytest.param("os_exit", "[rank 1/2] left before the run finished (os._exit(0)) while "
+                 "other ranks carry on; aborting the job", marks=pytest.mark.slow),
 ])
 def test_a_failing_rank_ends_the_job_within_30_seconds(mode, message):
     start = time.monotonic()

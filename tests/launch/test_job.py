@@ -1,5 +1,5 @@
 """The launcher supervises its job: signals reach the ranks, it waits for them, and an
-aborted job's shared-memory files are removed. (The same with training: tests/test_faults_process.py)"""
+aborted job's shared-memory files are removed. (With training: tests/test_faults_process.py)"""
 import os
 import re
 import signal
@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 
 from launch import job, mpirun
@@ -23,6 +25,7 @@ def shared_memory_printed(out):
 
 
 @mpi.needs_mpi
+@pytest.mark.slow
 def test_an_aborted_job_leaves_no_shared_memory_behind():
     plain = mpirun.run(2, FAILURE, ENV, capture_output=True, text=True, timeout=60,
                        cwd=mpi.ROOT)
