@@ -142,7 +142,7 @@ class Watchdog:
     def _abort_for_ended(self, ended, sequence, name, _since):
         sys.stderr.write(
             f"[rank {self.rank}/{self.size}] ranks {sorted(ended)} on this node have ended "
-            f"(pids {sorted(ended.values())}) while collective #{sequence} ({name}) waits for "
+            f"(pids {[ended[r] for r in sorted(ended)]}) while collective #{sequence} ({name}) waits for "
             "them; aborting the job\n")
         sys.stderr.flush()
         self.comm.abort(1)
