@@ -8,26 +8,34 @@ from dist_nn.nn import amp
 from tests.reference import recipe
 from tests.reference import recipe_check as check
 
-FP16_ROUNDOFF = 2.0**-11
+
+
+UNIT_ROUNDOFF = {"fp16": 2.0**-11, "bf16": 2.0**-8}
 
 
 @check.SOURCES
-def test_fp16_step_of_the_cnn_matches_torch_autocast(source):
-    """Loss and every parameter gradient of one scaled fp16 step against
-    torch.autocast("cpu", float16) from the same float32 weights.
+@pytest.mark.parametrize("mode", ["fp16", "bf16"])
+def test_cnn_step_matches_torch_autocast(source, mode):
+    """Loss and every parameter gradient of one (for fp16: loss-scaled) mixed-precision step
+    of the CNN against torch.autocast("cpu", float16 / bfloat16) from the same weights.
 
-    Tolerance: both are float16 computations of the same step, so each differs from the
-    exact (float64) step by float16 rounding (unit roundoff u = 2^-11) carried through a few
-    layers; PyTorch's own error here is ~2u. We require |ours - torch| < 6u relative to each
-    gradient's largest value, and ours no further from the exact step than twice PyTorch's
-    largest error. Ours must also be visibly half precision (> 100x float32's error): a
-    silent float32 computation would fail."""
-    ours, theirs = check.compare(source, "amp.", 6 * FP16_ROUNDOFF,
-                                 ours_of=lambda inputs: recipe.amp_step(inputs, "fp16"))
+    Tolerance: both are half-precision computations of the same step, so each differs from
+    the exact (float64) step by half-precision rounding (unit roundoff u: 2^-11 for float16,
+    2^-8 for bfloat16) carried through the layers; BatchNorm's backward, a difference of
+    nearly equal terms, amplifies it (PyTorch's own error reaches 2-5u in float16 and 25-40u
+    in bfloat16 here). The two roundings differ only in order and accumulation, so we require
+    |ours - torch| < 6u relative to each gradient's largest value (measured: < 3u), and ours
+    no further from the exact step than 2x PyTorch's largest error. Ours must also be
+    visibly half precision (> 100x float32's error): a silent float32 computation fails."""
+    if mode == "bf16":
+        pytest.importorskip("ml_dtypes")
+    u = UNIT_ROUNDOFF[mode]
+    ours, theirs = check.compare(source, mode + ".", 6 * u,
+                                 ours_of=lambda inputs: recipe.amp_step(inputs, mode))
     exact = {k[len("exact."):]: v for k, v in theirs.items() if k.startswith("exact.")}
     scale = {k: np.abs(v).max() for k, v in exact.items()}
-    torch_error = max(np.abs(theirs["amp." + k] - v).max() / scale[k] for k, v in exact.items())
-    our_errors = [np.abs(ours["amp." + k] - v).max() / scale[k] for k, v in exact.items()]
+    torch_error = max(np.abs(theirs[f"{mode}.{k}"] - v).max() / scale[k] for k, v in exact.items())
+    our_errors = [np.abs(ours[f"{mode}.{k}"] - v).max() / scale[k] for k, v in exact.items()]
     assert max(our_errors) < 2 * torch_error
     assert max(our_errors) > 100 * np.finfo(np.float32).eps
 
@@ -66,13 +74,3 @@ def test_bf16_without_ml_dtypes_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
     with pytest.raises(amp.PrecisionError, match="bf16 needs the ml_dtypes package"):
         amp.half_dtype("bf16")
-
-
-def test_bf16_step_stays_close_to_float32():
-    pytest.importorskip("ml_dtypes")
-    inputs = check.stored()
-    ours = recipe.amp_step(inputs, "bf16")
-    for key in [k for k in ours if k.startswith("amp.grad")]:
-        exact = inputs["exact." + key[len("amp."):]]
-        error = np.abs(ours[key] - exact).max() / np.abs(exact).max()
-        assert 1e-4 < error < 6 * 2.0**-8, key  # bfloat16's unit roundoff is 2^-8

@@ -13,7 +13,7 @@ SCALER_STEPS = [False, False, False, True, False, True, True, False, False, Fals
 SCALER_OPTIONS = dict(init_scale=2.0**10, growth_factor=2.0, backoff_factor=0.5,
                       growth_interval=3)
 CNN_INPUT, CNN_BATCH, CNN_CLASSES = (1, 8, 8), 16, 10
-AMP_SCALE = 2.0**10
+LOSS_SCALE = {"fp16": 2.0**10, "bf16": 1.0, "exact": 1.0}  # bfloat16 needs no scaling
 
 
 def make_inputs(seed):
@@ -100,15 +100,16 @@ def torch_outputs(torch, inputs):
     out["scaler.scales"], out["scaler.weights"] = np.array(scales), np.array(weights)
     out["scaler.defaults"] = np.array([torch.amp.GradScaler("cpu").get_scale(),
                                        torch.amp.GradScaler("cpu").get_growth_interval()])
-    for name, precise in (("amp", False), ("exact", True)):
+    for mode, half in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("exact", None)):
         cnn = _load(torch, _torch_cnn(torch), _state(inputs, "cnn.param."))
-        cnn = cnn.double() if precise else cnn.float()
-        x = torch.tensor(inputs["cnn.x"], dtype=torch.float64 if precise else torch.float32)
-        with torch.autocast("cpu", dtype=torch.float16, enabled=not precise):
+        cnn = cnn.double() if half is None else cnn.float()
+        x = torch.tensor(inputs["cnn.x"], dtype=torch.float64 if half is None else torch.float32)
+        with torch.autocast("cpu", dtype=half or torch.float16, enabled=half is not None):
             loss = F.cross_entropy(cnn(x), torch.from_numpy(inputs["cnn.labels"]))
-        (loss * (1.0 if precise else AMP_SCALE)).backward()
-        out[f"{name}.loss"] = loss.detach().double().numpy().copy()
-        out.update({f"{name}.grad.{n}": p.grad.double().numpy() / (1 if precise else AMP_SCALE)
+        scale = LOSS_SCALE[mode]
+        (loss * scale).backward()
+        out[f"{mode}.loss"] = loss.detach().double().numpy().copy()
+        out.update({f"{mode}.grad.{n}": p.grad.double().numpy() / scale
                     for n, p in cnn.named_parameters()})
     return out
 
@@ -149,12 +150,13 @@ def our_outputs(inputs):
     default = optim.LossScaler()
     out["scaler.defaults"] = np.array([default.scale, default.growth_interval])
     out.update(amp_step(inputs, "fp16"))
+    out.update(amp_step(inputs, "bf16"))
     return out
 
 
 def amp_step(inputs, mode):
-    """Loss and parameter gradients of one float16 (or bfloat16) step of the CNN, with our
-    float32 master weights, loss scaling and autocast."""
+    """Loss and parameter gradients of one "fp16" or "bf16" step of the CNN, with our
+    float32 master weights, autocast and (fp16) loss scaling."""
     with backend.using("cpu", "float32"):
         cnn = build_cnn("float32")
         cnn.load_state_dict(_state(inputs, "cnn.param."))
@@ -165,8 +167,8 @@ def amp_step(inputs, mode):
         with autocast():
             loss = loss_fn.forward(cnn.forward(inputs["cnn.x"].astype(np.float32)),
                                    inputs["cnn.labels"])
-            cnn.backward(loss_fn.backward() * AMP_SCALE)
-        flat.grad /= AMP_SCALE
-    out = {"amp.loss": np.asarray(loss, dtype=np.float64)}
-    out.update({f"amp.grad.{n}": p.grad.astype(np.float64) for n, p in cnn.named_parameters()})
+            cnn.backward(loss_fn.backward() * LOSS_SCALE[mode])
+        flat.grad /= LOSS_SCALE[mode]
+    out = {f"{mode}.loss": np.asarray(loss, dtype=np.float64)}
+    out.update({f"{mode}.grad.{n}": p.grad.astype(np.float64) for n, p in cnn.named_parameters()})
     return out
