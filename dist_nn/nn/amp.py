@@ -116,16 +116,18 @@ class Autocast:
         self.half_data[...] = self.flat.data  # the one cast of the master weights
         masters = [(p, p.data) for p, _ in self.half_params]
         classes = [(m, type(m)) for m, _ in self.modules]
-        try:
-            for p, view in self.half_params:
-                p.data = view if view is not None else p.data.astype(self.half)  # frozen: a copy
-            for module, cls in self.modules:
-                module._amp_half, module._amp_master = self.half, self.master
-                module.__class__ = cls
-            yield self
-        finally:
-            for p, data in masters:
-                p.data = data
-            for module, cls in classes:
-                module.__class__ = cls
-                del module._amp_half, module._amp_master
+        # float16 overflows are expected: the loss scaler finds the Inf/NaN, skips the step
+        with numpy.errstate(over="ignore", invalid="ignore"):
+            try:
+                for p, view in self.half_params:  # frozen parameters: a half-precision copy
+                    p.data = view if view is not None else p.data.astype(self.half)
+                for module, cls in self.modules:
+                    module._amp_half, module._amp_master = self.half, self.master
+                    module.__class__ = cls
+                yield self
+            finally:
+                for p, data in masters:
+                    p.data = data
+                for module, cls in classes:
+                    module.__class__ = cls
+                    del module._amp_half, module._amp_master
