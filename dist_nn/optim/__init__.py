@@ -3,6 +3,7 @@ from .clip import clip_grad_norm, grad_norm
 from .ema import WeightEMA
 from .flat import FlatParameters
 from .optimizers import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .recipe import StepRecipe
 from .scaler import LossScaler
 from .schedule import (SCHEDULES, Constant, CosineDecay, ExponentialDecay, InverseTimeDecay,
                        MomentumRamp, MultiStepDecay, PlateauDecay, Schedule, StepDecay, Warmup)
@@ -10,5 +11,5 @@ from .schedule import (SCHEDULES, Constant, CosineDecay, ExponentialDecay, Inver
 __all__ = ["FlatParameters", "LossScaler", "OPTIMIZERS", "SGD", "Adadelta", "Adagrad", "Adam",
            "AdamW", "Optimizer", "RMSprop", "SCHEDULES", "Constant", "CosineDecay",
            "ExponentialDecay", "InverseTimeDecay", "MomentumRamp", "MultiStepDecay",
-           "PlateauDecay", "Schedule", "StepDecay", "Warmup", "WeightEMA", "clip_grad_norm",
-           "grad_norm"]
+           "PlateauDecay", "Schedule", "StepDecay", "StepRecipe", "Warmup", "WeightEMA",
+           "clip_grad_norm", "grad_norm"]
