@@ -19,6 +19,11 @@ class WeightEMA:
         self.params = flat.data.copy()
         self.buffers = self._live_buffers()
 
+    def reset(self):
+        """Start the average again from the current weights."""
+        self.params[...] = self.flat.data
+        self.buffers[...] = self._live_buffers()
+
     def _live(self):
         state = self.model.state_arrays()
         return [state[name] for name in self.buffer_names]

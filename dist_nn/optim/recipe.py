@@ -70,6 +70,12 @@ class StepRecipe:
         """The loss scaler's state (JSON-able); the EMA's arrays are ema.state_dict()."""
         return {"scaler": self.scaler.state_dict() if self.scaler else None}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, ema_state=None):
+        """The state_dict() and the EMA's arrays of a checkpoint; an EMA the checkpoint lacks
+        (it was off) starts from the model's current weights."""
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema and ema_state is not None:
+            self.ema.load_state_dict(ema_state)
+        elif self.ema:
+            self.ema.reset()
