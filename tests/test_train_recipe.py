@@ -36,12 +36,12 @@ def test_absurd_initial_scale_skips_alike_then_converges(tmp_path):
     the bit); then the run learns."""
     prefix = tmp_path / "out"
     done = mpi.launch(2, "absurd_scale", prefix, tmp_path / "run", *SMALL_CNN,
-                      "train.epochs=4", timeout=600)
+                      "train.epochs=6", timeout=600)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     ranks = [json.loads((tmp_path / f"out-{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # the same skipped steps, scale and parameters on both
     assert 20 <= ranks[0]["skipped"] <= 30 and ranks[0]["scale"] < 2.0**16
-    assert ranks[0]["val_accuracy"] > 0.9
+    assert ranks[0]["val_accuracy"] > 0.93
 
 
 def test_bf16_without_ml_dtypes_is_a_configuration_error(tmp_path):
