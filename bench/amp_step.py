@@ -5,7 +5,7 @@
 
 A step is forward, softmax cross-entropy, backward and an SGD step on a fixed random batch,
 in float32 and under mixed precision (fp16 with loss scaling, bf16 when ml_dtypes is there):
-dist_nn with nn.Autocast and optim.LossScaler; PyTorch with torch.autocast and GradScaler on
+dist_nn with nn.amp.Autocast and optim.LossScaler; PyTorch with torch.autocast and GradScaler on
 the same model (exported by torch_interop). Prints steps/s and each mode's speed relative to
 float32 of the same library. On a CPU half precision is expected to be slower: neither NumPy
 nor OpenBLAS has half-precision GEMMs (NumPy's float16 matmul is a plain loop that converts
@@ -47,7 +47,7 @@ def ours_step(model, mode, x, y):
             model.backward(loss.backward())
             opt.step()
         return step
-    autocast = nn.Autocast(model, opt.flat, mode)
+    autocast = nn.amp.Autocast(model, opt.flat, mode)
     scaler = optim.LossScaler() if mode == "fp16" else None
 
     def step():

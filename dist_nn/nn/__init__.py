@@ -1,6 +1,5 @@
 """The layer core: modules with explicit forward and backward, on NumPy or CuPy."""
 from . import amp, init
-from .amp import Autocast
 from .activation import ELU, LeakyReLU, PReLU, ReLU, Sigmoid, Tanh
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .container import Residual, Sequential, skip_input_grad
@@ -13,7 +12,7 @@ from .module import Module, Parameter
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 
 __all__ = [
-    "Autocast", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "ELU", "Flatten",
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "ELU", "Flatten",
     "GlobalAvgPool2d", "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Maxout", "Module",
     "PReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
     "Tanh", "amp", "init", "skip_input_grad",

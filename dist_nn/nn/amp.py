@@ -17,8 +17,6 @@ bfloat16 on NumPy needs `ml_dtypes` (pip extra `bf16`), on CuPy version 14 or ne
 """
 import contextlib
 
-import numpy
-
 from .. import backend
 from .batchnorm import _BatchNorm
 
@@ -34,7 +32,7 @@ def half_dtype(mode, xp=None):
     PrecisionError when that module cannot compute in it."""
     xp = xp or backend.xp
     if mode == "fp16":
-        return numpy.dtype(numpy.float16)
+        return xp.dtype("float16")
     if mode != "bf16":
         raise PrecisionError(f"mixed precision must be one of {MODES[1:]}, got {mode!r}")
     try:
@@ -42,7 +40,7 @@ def half_dtype(mode, xp=None):
     except ImportError:
         raise PrecisionError("bf16 needs the ml_dtypes package (pip install 'dist_nn[bf16]'); "
                              "or use fp16") from None
-    dtype = numpy.dtype(ml_dtypes.bfloat16)
+    dtype = xp.dtype(ml_dtypes.bfloat16)
     try:  # CuPy computes in bfloat16 from version 14 on; older ones refuse the dtype
         probe = xp.ones(4, dtype=dtype)
         (probe * probe).sum()
@@ -116,8 +114,7 @@ class Autocast:
         self.half_data[...] = self.flat.data  # the one cast of the master weights
         masters = [(p, p.data) for p, _ in self.half_params]
         classes = [(m, type(m)) for m, _ in self.modules]
-        # float16 overflows are expected: the loss scaler finds the Inf/NaN, skips the step
-        with numpy.errstate(over="ignore", invalid="ignore"):
+        with backend.overflow_allowed():
             try:
                 for p, view in self.half_params:  # frozen parameters: a half-precision copy
                     p.data = view if view is not None else p.data.astype(self.half)

@@ -1,4 +1,4 @@
-"""One training step's recipe around the optimizer: mixed precision (nn.Autocast, and a
+"""One training step's recipe around the optimizer: mixed precision (nn.amp.Autocast, and a
 LossScaler for fp16), gradient clipping and a weight EMA, each off unless asked for. A loop
 (the Trainer's, or a hand-written one) calls, per step:
 
@@ -24,7 +24,7 @@ class StepRecipe:
     def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0):
         self.optimizer, self.clip = optimizer, clip_grad_norm
         flat = optimizer.flat
-        self._autocast = nn.Autocast(model, flat, amp) if amp != "off" else None
+        self._autocast = nn.amp.Autocast(model, flat, amp) if amp != "off" else None
         self.scaler = LossScaler() if amp == "fp16" else None  # bfloat16 has float32's range
         self.ema = WeightEMA(model, flat, ema_decay) if ema_decay else None
         self.overflow = False

@@ -47,7 +47,7 @@ def small_cnn():
 
 def test_inside_half_precision_outside_untouched():
     model, flat = small_cnn()
-    autocast = nn.Autocast(model, flat, "fp16")
+    autocast = nn.amp.Autocast(model, flat, "fp16")
     before = {n: p.data.copy() for n, p in model.named_parameters()}
     seen = {}  # hooks added before autocast run around its casting classes (float32 x -> half)
     for name, module in model.named_modules():
