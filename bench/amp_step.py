@@ -1,7 +1,7 @@
 """Mixed-precision training steps against float32, dist_nn and PyTorch in the same run.
 
     python bench/amp_step.py [--models cnn,resnet20] [--rounds 3] [--seconds 1.5]
-                             [--device cpu|gpu]
+                             [--device cpu|gpu] [--tf32]
 
 A step is forward, softmax cross-entropy, backward and an SGD step on a fixed random batch,
 in float32 and under mixed precision (fp16 with loss scaling, bf16 when ml_dtypes is there):
@@ -98,7 +98,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5, help="per round, library, mode")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--tf32", action="store_true", help="GPU: float32 GEMMs in TF32 "
+                        "(PyTorch's allow_tf32; for CuPy set CUPY_TF32=1)")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     backend.use(args.device, "float32")
     device = "cuda" if args.device == "gpu" else "cpu"
     syncs = {"dist_nn": backend.synchronize,
@@ -111,7 +114,8 @@ def main():
         print(f"# bf16 left out: {error}")
     where = (backend.cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
              if args.device == "gpu" else f"{platform.machine()}, 1 thread each")
-    print(f"# {where}, numpy {np.__version__}, torch {torch.__version__}")
+    print(f"# {where}, numpy {np.__version__}, torch {torch.__version__}"
+          + (", fp32 = TF32" if args.tf32 else ""))
     print(f"{'model':9} {'library':8} " + " ".join(f"{m + ' steps/s':>13}" for m in modes)
           + " " + " ".join(f"{m + '/fp32':>10}" for m in modes[1:]))
     for name in args.models.split(","):

@@ -28,11 +28,11 @@ class PrecisionError(ValueError):
 
 
 def half_dtype(mode, xp=None):
-    """The numpy dtype of "fp16" or "bf16" on the array module xp (default: the backend's);
+    """The scalar type of "fp16" or "bf16" on the array module xp (default: the backend's);
     PrecisionError when that module cannot compute in it."""
     xp = xp or backend.xp
     if mode == "fp16":
-        return xp.dtype("float16")
+        return xp.float16
     if mode != "bf16":
         raise PrecisionError(f"mixed precision must be one of {MODES[1:]}, got {mode!r}")
     try:
@@ -40,7 +40,7 @@ def half_dtype(mode, xp=None):
     except ImportError:
         raise PrecisionError("bf16 needs the ml_dtypes package (pip install 'dist_nn[bf16]'); "
                              "or use fp16") from None
-    dtype = xp.dtype(ml_dtypes.bfloat16)
+    dtype = ml_dtypes.bfloat16
     try:  # CuPy computes in bfloat16 from version 14 on; older ones refuse the dtype
         probe = xp.ones(4, dtype=dtype)
         (probe * probe).sum()
