@@ -276,7 +276,9 @@ class Trainer:
         step = self.state["step"] + 1
         if not (math.isfinite(loss) and
                 (overflow or math.isfinite(float(self.opt.flat.grad.sum())))):
-            raise TrainingStopped(self.comm.bcast_obj(nonfinite_report(self.model, x, step)))
+            with self.recipe.autocast():  # in the precision that produced it
+                report = nonfinite_report(self.model, x, step)
+            raise TrainingStopped(self.comm.bcast_obj(report))
         if step == 1 and not self.config.model.init_from and not self.resume:
             warning = initial_loss_warning(loss, self.train_split.num_classes)
             if warning:
