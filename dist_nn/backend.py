@@ -83,6 +83,13 @@ def using(device=None, dtype=None):
         use(*saved)
 
 
+def overflow_allowed():
+    """A with-block in which float overflow (Inf) and invalid results (NaN) pass silently,
+    where they are expected (mixed precision: the loss scaler finds and skips them). NumPy
+    warns of them; CuPy never does."""
+    return numpy.errstate(over="ignore", invalid="ignore")
+
+
 def get_array_module(*arrays):
     """numpy or cupy, whichever owns the arrays."""
     if cupy is not None:

@@ -2,7 +2,8 @@
 
 A checkpoint holds the group `model` (parameters and buffers under their PyTorch-style
 names), the group `optimizer` (its buffers; its step and hyper-parameters in the attribute
-`state`), and the attribute `meta`: JSON with the epoch, step, position in the epoch (in
+`state`), optionally the group `ema` (the averaged weights of train.ema_decay, named as in
+`model`), and the attribute `meta`: JSON with the epoch, step, position in the epoch (in
 global samples), schedule and trainer state, the resolved config, world size and dist_nn
 version. The attribute `checksum` is a SHA-256 over all of it. Nothing is pickled, so
 loading a file cannot run code.
@@ -29,10 +30,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, corrupted or incompatible."""
 
 
-def _digest(model, optimizer_buffers, optimizer_state, meta):
+class Contents(tuple):
+    """(model state, optimizer state or None, meta) as read() returns it, and `.ema`: the
+    averaged weights ({name: array}) when the checkpoint holds them, else None."""
+
+    def __new__(cls, model, optimizer, meta, ema=None):
+        contents = super().__new__(cls, (model, optimizer, meta))
+        contents.ema = ema
+        return contents
+
+
+def _digest(model, optimizer_buffers, optimizer_state, meta, ema=None):
     """SHA-256 of the content, the same whether computed before writing or after reading."""
     h = hashlib.sha256()
-    for group, arrays in (("model", model), ("optimizer", optimizer_buffers)):
+    for group, arrays in (("model", model), ("optimizer", optimizer_buffers),
+                          ("ema", ema or {})):
         for name in sorted(arrays):
             a = numpy.ascontiguousarray(arrays[name])
             h.update(f"{group}/{name}:{a.dtype.str}:{a.shape}".encode())
@@ -50,9 +62,9 @@ def _fsync(path):
         os.close(fd)
 
 
-def write(path, model_state, optimizer_state=None, meta=None):
+def write(path, model_state, optimizer_state=None, meta=None, ema_state=None):
     """Write a checkpoint atomically: {name: array} of the model, the optimizer's
-    state_dict() (or None) and JSON-able meta."""
+    state_dict() (or None), JSON-able meta and the model's averaged weights (or None)."""
     path = Path(path)
     optimizer_state = optimizer_state or {"buffers": {}}
     buffers = optimizer_state["buffers"]
@@ -68,8 +80,13 @@ def write(path, model_state, optimizer_state=None, meta=None):
             for name, array in buffers.items():
                 group[name] = array
             group.attrs["state"] = state_json
+            if ema_state is not None:
+                group = f.create_group("ema", track_order=True)
+                for name, array in ema_state.items():
+                    group[name] = array
             f.attrs["meta"] = meta_json
-            f.attrs["checksum"] = _digest(model_state, buffers, state_json, meta_json)
+            f.attrs["checksum"] = _digest(model_state, buffers, state_json, meta_json,
+                                          ema_state)
         _fsync(partial)
         os.replace(partial, path)
         _fsync(path.parent)
@@ -80,8 +97,8 @@ def write(path, model_state, optimizer_state=None, meta=None):
 
 
 def read(path, verify=True):
-    """(model state, optimizer state or None, meta) of a checkpoint; CheckpointError when it
-    cannot be read or its checksum does not match."""
+    """Contents: (model state, optimizer state or None, meta) of a checkpoint, and `.ema`;
+    CheckpointError when it cannot be read or its checksum does not match."""
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -92,16 +109,17 @@ def read(path, verify=True):
             has_optimizer = "optimizer" in f
             buffers = {name: d[()] for name, d in f["optimizer"].items()} if has_optimizer else {}
             state_json = f["optimizer"].attrs.get("state", "{}") if has_optimizer else "{}"
+            ema = {name: d[()] for name, d in f["ema"].items()} if "ema" in f else None
             meta_json = f.attrs.get("meta", "{}")
             checksum = f.attrs.get("checksum")
     except (OSError, KeyError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or damaged "
                               f"({error})") from None
     if verify and checksum is not None and \
-            _digest(model, buffers, state_json, meta_json) != checksum:
+            _digest(model, buffers, state_json, meta_json, ema) != checksum:
         raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not match")
     optimizer = {**json.loads(state_json), "buffers": buffers} if has_optimizer else None
-    return model, optimizer, json.loads(meta_json)
+    return Contents(model, optimizer, json.loads(meta_json), ema)
 
 
 def step_checkpoints(directory):
@@ -127,22 +145,24 @@ def newest_valid(directory, warn=print):
     return None
 
 
-def save_step(directory, step, model_state, optimizer_state, meta, keep):
+def save_step(directory, step, model_state, optimizer_state, meta, keep, ema_state=None):
     """Write step-<step>.h5 and delete all but the newest `keep` step checkpoints."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = write(directory / f"step-{step:09d}.h5", model_state, optimizer_state, meta)
+    path = write(directory / f"step-{step:09d}.h5", model_state, optimizer_state, meta,
+                 ema_state)
     for _, old in step_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
     return path
 
 
 def restore(resume, run_dir, comm, model, opt, schedules, plateau, guard, state, global_batch,
-            micro, say):
+            micro, say, recipe=None):
     """Load a checkpoint into a run on every rank: `resume` is "auto" (the newest valid
     checkpoint of the run directory; a fresh start when there is none) or a file. The
     position is kept in global samples: with another global batch size (e.g. another world
-    size) the run continues at the last whole step within the epoch. Returns the path used."""
+    size) the run continues at the last whole step within the epoch. `recipe` (an
+    optim.StepRecipe) gets its loss scale and averaged weights back. Returns the path used."""
     from .config import ConfigError
     if comm.rank == 0:
         if resume == "auto":
@@ -155,9 +175,12 @@ def restore(resume, run_dir, comm, model, opt, schedules, plateau, guard, state,
         say("no valid checkpoint in the run directory: starting from scratch")
         return None
     try:
-        model_state, optimizer_state, meta = read(chosen)
+        contents = read(chosen)
+        model_state, optimizer_state, meta = contents
         model.load_state_dict(model_state)
         opt.load_state_dict(optimizer_state)
+        if recipe is not None:
+            recipe.load_state_dict(meta.get("recipe") or {}, contents.ema)
     except (CheckpointError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"cannot resume from {chosen}: {error}") from None
     for schedule, saved in zip(schedules, meta["schedules"]):

@@ -100,6 +100,8 @@ class Optim:
     scale_lr: bool = option(False, "linear scaling rule: lr * global batch / reference_batch")
     reference_batch: int = option(64, "the batch size lr is given for when scale_lr")
     accumulate: int = option(1, "micro-batches whose gradients make one step")
+    clip_grad_norm: float = option(0.0, "clip the synchronized gradient's global L2 norm to "
+                                        "this (after unscaling under amp; 0: off)")
 
 
 @dataclass
@@ -141,6 +143,12 @@ class Train:
                                           "initial value (0 turns the guard off)")
     overfit_samples: int = option(0, "debug: train on this many samples only, until 100% "
                                      "training accuracy")
+    amp: str = option("off", "mixed precision: forward and backward in float16 (dynamic "
+                             "loss scaling) or bfloat16 over float32 master weights",
+                      ("off", "fp16", "bf16"))
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (0: off)")
+    ema_decay: float = option(0.0, "exponential moving average of the weights, used for "
+                                   "validation, best.h5 and evaluation (0: off; e.g. 0.999)")
 
 
 @dataclass
@@ -279,6 +287,13 @@ def validate(config):
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
+    if config.optim.clip_grad_norm < 0:
+        raise ConfigError(f"optim.clip_grad_norm must be >= 0 (0: off), got "
+                          f"{config.optim.clip_grad_norm}")
+    for name in ("label_smoothing", "ema_decay"):
+        if not 0.0 <= getattr(config.train, name) < 1.0:
+            raise ConfigError(f"train.{name} must be in [0, 1) (0: off), got "
+                              f"{getattr(config.train, name)}")
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.data.batch_size == 0 and config.data.global_batch_size < 1:

@@ -46,7 +46,8 @@ def main(argv=None):
     comm = distributed.setup("auto", "auto")
     from .build import data_path
     try:
-        model_state, _, meta = checkpoint.read(args.checkpoint)
+        contents = checkpoint.read(args.checkpoint)
+        model_state, _, meta = contents
         config = configuration.loads(meta["config"])
         backend.use(dtype=config.train.dtype)
         if meta.get("model_given"):
@@ -56,7 +57,7 @@ def main(argv=None):
                 "load_state_dict(dist_nn.checkpoint.read(path)[0])")
         split = open_split(data_path(args.data, comm), args.split, comm)
         model = models.from_config(config.model, split.sample_shape, split.num_classes)
-        model.load_state_dict(model_state)
+        model.load_state_dict(contents.ema or model_state)  # the averaged weights if kept
     except (checkpoint.CheckpointError, DataError, configuration.ConfigError, models.ModelError,
             KeyError) as error:
         if comm.rank == 0:
@@ -67,8 +68,9 @@ def main(argv=None):
     result = evaluate(model, loader, nn.SoftmaxCrossEntropy(), comm, split.num_classes)
     if comm.rank == 0:
         names = split.class_names or [str(c) for c in range(split.num_classes)]
-        print(f"{args.checkpoint} on {args.data} ({args.split}, {result['count']} samples): "
-              f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
+        weights = ", EMA weights" if contents.ema else ""
+        print(f"{args.checkpoint} on {args.data} ({args.split}, {result['count']} samples"
+              f"{weights}): loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
         width = max(len(n) for n in names)
         print("confusion matrix (rows: true, columns: predicted)")
         print(" " * width + " " + " ".join(f"{n[:6]:>6}" for n in names))

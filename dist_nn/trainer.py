@@ -16,7 +16,7 @@ import time
 
 import numpy
 
-from . import backend, checkpoint, config as configuration, models, nn
+from . import backend, checkpoint, config as configuration, models, nn, optim
 from . import dist as distributed
 from .dist.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer,
@@ -155,7 +155,8 @@ class Trainer:
         distributed.check_same_everywhere(self.model, comm, configuration.to_toml(c))
         distributed.broadcast_state(self.model, comm)
         nn.skip_input_grad(self.model)
-        self.loss_fn = nn.SoftmaxCrossEntropy()
+        self.loss_fn = nn.SoftmaxCrossEntropy(label_smoothing=c.train.label_smoothing)
+        self.val_loss_fn = nn.SoftmaxCrossEntropy()  # validation losses stay comparable
         # fresh weights give ln C; transferred ones may start far below it
         self.guard = ExplosionGuard(c.train.explosion_factor,
                                     floor=math.log(split.num_classes))
@@ -173,13 +174,19 @@ class Trainer:
                                                       self.steps_per_epoch, total_steps)
         self.sync = distributed.GradSync(self.model, self.opt.flat, self.comm,
                                          c.train.bucket_mb, c.train.overlap, average=False)
+        try:  # mixed precision, clipping, EMA around each optimizer step
+            self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
+                                           c.optim.clip_grad_norm, c.train.ema_decay)
+        except nn.amp.PrecisionError as error:
+            raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
     def restore(self):
         """Continue from a checkpoint when asked to (--resume), then the --debug report."""
         if self.resume:
             where = checkpoint.restore(self.resume, self.run_dir, self.comm, self.model,
                                        self.opt, self.schedules, self.plateau, self.guard,
-                                       self.state, self.global_batch, self.micro, self.say)
+                                       self.state, self.global_batch, self.micro, self.say,
+                                       self.recipe)
             if where:
                 self.say(f"resumed from {where} at epoch {self.state['epoch']}, step "
                          f"{self.state['step']}")
@@ -197,7 +204,8 @@ class Trainer:
         checkpoint and decide on early stopping."""
         self.timing = dict.fromkeys(("data_wait", "compute", "allreduce_wait", "optimizer"),
                                     0.0)
-        self.epoch_sums, self.window_sums = numpy.zeros(3), numpy.zeros(3)  # loss, correct, n
+        # loss, correct, n; the sum of gradient norms and the number of steps taken
+        self.epoch_sums, self.window_sums = numpy.zeros(5), numpy.zeros(5)
         self.window_start = time.perf_counter()
         self.progress = Progress(self.steps_per_epoch, self.state["epoch"],
                                  enabled=self.comm.rank == 0)
@@ -229,11 +237,12 @@ class Trainer:
             timing["data_wait"] += time.perf_counter() - tick
             tick = time.perf_counter()
             last = m == self.micro - 1
-            with contextlib.nullcontext() if last else self.sync.no_sync():
+            with contextlib.nullcontext() if last else self.sync.no_sync(), \
+                    self.recipe.autocast():
                 logits = self.model.forward(batch.x)
                 local[0] += float(self.loss_fn.forward(
                     logits, batch.y, mean_over=self.global_batch * self.micro))
-                self.model.backward(self.loss_fn.backward())
+                self.model.backward(self.recipe.scale(self.loss_fn.backward()))
             local[1] += int((logits.argmax(axis=1) == batch.y).sum())
             local[2] += len(batch.y)
             timing["compute"] += time.perf_counter() - tick
@@ -242,15 +251,16 @@ class Trainer:
         local[3:] = self.preemption.votes()
         self.comm.allreduce(local)  # every rank learns of a signal on any rank
         timing["allreduce_wait"] += time.perf_counter() - tick
-        self.check_step(local[0], batch.x)
+        overflow = self.recipe.unscale()  # fp16: skip this step, alike on every rank
+        self.check_step(local[0], batch.x, overflow)
         tick = time.perf_counter()
-        self.opt.step()
+        grad_norm = self.recipe.step()  # clipped, stepped (unless skipped), EMA updated
         for schedule in self.schedules:
             schedule.step()
         timing["optimizer"] += time.perf_counter() - tick
         state["step"] += 1
         state["batch"] += self.micro
-        self.account(local)
+        self.account(local, grad_norm)
         stop = self.preemption.exit_code(local[3:])
         if stop:  # all ranks stop after the same step
             self.stop_for_signal(stop)
@@ -258,23 +268,29 @@ class Trainer:
         if every and state["step"] % every == 0:
             self.save()
 
-    def check_step(self, loss, x):
+    def check_step(self, loss, x, overflow=False):
         """Stop the run, on every rank alike, when the global loss or the gradients went
         NaN/Inf (naming the first layer that produced them) or the loss diverges. Steps are
-        numbered as the records number them: the first step is step 1."""
+        numbered as the records number them: the first step is step 1. Under fp16 an
+        `overflow` of the scaled gradients skips the step instead (the loss scaler's rule)."""
         step = self.state["step"] + 1
-        if not (math.isfinite(loss) and math.isfinite(float(self.opt.flat.grad.sum()))):
-            raise TrainingStopped(self.comm.bcast_obj(nonfinite_report(self.model, x, step)))
+        if not (math.isfinite(loss) and
+                (overflow or math.isfinite(float(self.opt.flat.grad.sum())))):
+            with self.recipe.autocast():  # in the precision that produced it
+                report = nonfinite_report(self.model, x, step)
+            raise TrainingStopped(self.comm.bcast_obj(report))
         if step == 1 and not self.config.model.init_from and not self.resume:
             warning = initial_loss_warning(loss, self.train_split.num_classes)
             if warning:
                 self.say(warning, flush=True)
         self.guard.check(loss, step, self.opt.lr)
 
-    def account(self, local):
-        """Add a step's global loss/correct/count to the epoch's and the log window's sums;
-        write the training record (and the --debug report) when one is due."""
-        sums = numpy.array([local[0] * local[2], local[1], local[2]])
+    def account(self, local, grad_norm):
+        """Add a step's global loss/correct/count and gradient norm (None: a skipped step) to
+        the epoch's and the log window's sums; write the training record (and the --debug
+        report) when one is due."""
+        taken = grad_norm is not None
+        sums = numpy.array([local[0] * local[2], local[1], local[2], grad_norm or 0.0, taken])
         self.epoch_sums += sums
         self.window_sums += sums
         step = self.state["step"]
@@ -284,9 +300,13 @@ class Trainer:
             n = self.window_sums[2]
             values = {"loss": self.window_sums[0] / n, "accuracy": self.window_sums[1] / n,
                       "samples_per_s": n / (time.perf_counter() - self.window_start)}
-            self.record("train", **values)
+            scaler = self.recipe.scaler
+            self.record("train", **values, grad_norm=self.window_sums[3] / self.window_sums[4]
+                        if self.window_sums[4] else None,
+                        **({"loss_scale": scaler.scale, "skipped_steps": scaler.skipped}
+                           if scaler else {}))
             self.progress.update(self.state["batch"] // self.micro, **values, lr=self.opt.lr)
-            self.window_sums, self.window_start = numpy.zeros(3), time.perf_counter()
+            self.window_sums, self.window_start = numpy.zeros(5), time.perf_counter()
 
     def stop_for_signal(self, code):
         """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
@@ -358,7 +378,9 @@ class Trainer:
     def validate(self):
         """Evaluate the validation split on all ranks, record it and keep it in the summary."""
         tick = time.perf_counter()
-        seen = evaluate(self.model, self.evaluation.epoch_batches(0), self.loss_fn, self.comm)
+        with self.recipe.evaluation_weights():  # the EMA's when train.ema_decay is set
+            seen = evaluate(self.model, self.evaluation.epoch_batches(0), self.val_loss_fn,
+                            self.comm)
         self.record("val", loss=seen["loss"], accuracy=seen["accuracy"],
                     samples_per_s=seen["count"] / (time.perf_counter() - tick))
         self.metrics.update(val_loss=seen["loss"], val_accuracy=seen["accuracy"])
@@ -382,14 +404,16 @@ class Trainer:
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "guard": self.guard.state_dict(),
                 "config": configuration.to_toml(self.config),
-                "model_given": self.given_model is not None}
+                "model_given": self.given_model is not None,
+                "recipe": self.recipe.state_dict()}
+        ema = self.recipe.ema.state_dict() if self.recipe.ema else None
         content = (self.model.state_dict(), self.opt.state_dict(), meta)
         try:
             if name is None:
                 checkpoint.save_step(self.run_dir / "checkpoints", state["step"], *content,
-                                     self.config.checkpoint.keep)
+                                     self.config.checkpoint.keep, ema)
             else:
-                checkpoint.write(self.run_dir / "checkpoints" / name, *content)
+                checkpoint.write(self.run_dir / "checkpoints" / name, *content, ema)
         except OSError as error:
             self.say(f"warning: could not write the checkpoint of step {state['step']} "
                      f"({error}); the previous checkpoints are intact", flush=True)

@@ -70,3 +70,19 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
         checkpoint.write(tmp_path / "c.h5", model, opt, {"unserialisable": object()})
     assert checkpoint.read(tmp_path / "c.h5")[2]["step"] == 7
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_averaged_weights_round_trip_and_are_under_the_checksum(tmp_path):
+    model, opt, meta = content()
+    ema = {name: value * 0.5 for name, value in model.items()}
+    path = checkpoint.write(tmp_path / "c.h5", model, opt, meta, ema)
+    contents = checkpoint.read(path)
+    assert list(contents.ema) == list(model)
+    for name in ema:
+        np.testing.assert_array_equal(contents.ema[name], ema[name])
+    assert checkpoint.read(checkpoint.write(tmp_path / "d.h5", model, opt, meta)).ema is None
+    import h5py
+    with h5py.File(path, "r+") as f:  # change one averaged weight
+        f["ema/1.weight"][0, 0] += 1.0
+    with pytest.raises(checkpoint.CheckpointError, match="checksum does not match"):
+        checkpoint.read(path)

@@ -1,5 +1,5 @@
 """The layer core: modules with explicit forward and backward, on NumPy or CuPy."""
-from . import init
+from . import amp, init
 from .activation import ELU, LeakyReLU, PReLU, ReLU, Sigmoid, Tanh
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .container import Residual, Sequential, skip_input_grad
@@ -15,5 +15,5 @@ __all__ = [
     "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "ELU", "Flatten",
     "GlobalAvgPool2d", "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Maxout", "Module",
     "PReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
-    "Tanh", "init", "skip_input_grad",
+    "Tanh", "amp", "init", "skip_input_grad",
 ]

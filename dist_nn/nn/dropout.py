@@ -19,7 +19,8 @@ class Dropout(Module):
             self.scaled_mask = None
             return x
         rng = self.rng if self.rng is not None else backend.generator("dropout")
-        keep = rng.random(x.shape, dtype=x.dtype) >= self.p
+        draw = x.dtype if x.dtype.itemsize >= 4 else "float32"  # no half-precision draws
+        keep = rng.random(x.shape, dtype=draw) >= self.p
         self.scaled_mask = keep.astype(x.dtype)
         self.scaled_mask *= 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0
         return x * self.scaled_mask

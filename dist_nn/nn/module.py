@@ -110,10 +110,9 @@ class Module:
     def _add_hook(self, kind, hook):
         hooks = self.__dict__.setdefault(f"_{kind}_hooks", [])
         if not hooks:  # shadow the class's method with one that runs the hooks
-            method = getattr(type(self), kind)
 
-            def with_hooks(arg):
-                result = method(self, arg)
+            def with_hooks(arg):  # the class looked up now: nn.amp swaps it for a while
+                result = getattr(type(self), kind)(self, arg)
                 for h in list(hooks):
                     h(self, result) if kind == "forward" else h(self)
                 return result

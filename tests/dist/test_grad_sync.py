@@ -5,6 +5,7 @@ import pytest
 from dist_nn import models, optim
 from dist_nn.dist import GradSync, LocalCommunicator
 from tests.dist.conftest import EQUIVALENCE_CASES, WORLD_SIZES
+from tests.dist.programs.equivalence import CLIP_NORM
 
 pytestmark = pytest.mark.slow
 
@@ -13,11 +14,20 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in EQUIVALENCE_CASES if not c.endswith("no_syncbn")])
 def test_n_ranks_equal_one_process_step_by_step(equivalence, ranks, case):
     """float64, 20 SGD steps (momentum, weight decay), SyncBN; variants: even shards, an
-    uneven last batch (rank r holds 3 - r samples), 2 micro-batches of accumulation."""
+    uneven last batch (rank r holds 3 - r samples), 2 micro-batches of accumulation, and
+    gradient clipping (with uneven last batches)."""
     result = equivalence[ranks][case]
     assert len(result["errors"]) == 20
     assert max(result["errors"]) < 1e-10, result["errors"]
     assert result["ranks_identical"]
+
+
+@pytest.mark.parametrize("ranks", WORLD_SIZES)
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_clipping_was_active(equivalence, ranks, model):
+    """The clip variant (optim.clip_grad_norm on the synchronized gradient, every rank alike)
+    equals one process above only if clipping really scaled the gradients."""
+    assert min(equivalence[ranks][f"{model}:clip"]["grad_norms"]) > CLIP_NORM
 
 
 @pytest.mark.parametrize("ranks", WORLD_SIZES)

@@ -6,6 +6,7 @@ import pytest
 
 from dist_nn import nn
 from tests.reference import fixtures
+from tests.reference import recipe_check as check_recipe
 
 from . import reference_check as check
 
@@ -79,3 +80,37 @@ def test_mean_over_divides_the_sum_by_that_many_samples(loss, target):
     share = loss.forward(prediction, target, mean_over=7)
     np.testing.assert_allclose(share, mean * 3 / 7)
     np.testing.assert_allclose(loss.backward(), grad * 3 / 7)
+
+
+@check_recipe.SOURCES
+def test_label_smoothing_matches_torch(source):
+    """SoftmaxCrossEntropy(label_smoothing=e) against cross_entropy(..., label_smoothing=e),
+    value and gradient, for two values of e."""
+    check_recipe.compare(source, "smoothing", 1e-12)
+
+
+@pytest.mark.parametrize("e", [0.1, 0.5])
+def test_label_smoothing_gradient_by_central_differences(e):
+    rng = np.random.default_rng(3)
+    check.assert_gradients(nn.Sequential(), rng.standard_normal((5, 4)),
+                           loss=nn.SoftmaxCrossEntropy(label_smoothing=e),
+                           target=rng.integers(0, 4, 5))
+
+
+def test_label_smoothing_out_of_range():
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
+        nn.SoftmaxCrossEntropy(label_smoothing=1.5)
+
+
+@pytest.mark.parametrize("loss, target", [
+    (nn.SoftmaxCrossEntropy(label_smoothing=0.1), np.array([0, 2, 1])),
+    (nn.MSELoss(), np.zeros((3, 4), dtype=np.float32)),
+])
+def test_half_precision_predictions_compute_in_float32(loss, target):
+    """Mixed precision: half-precision logits are cast up; the loss and its gradient are
+    float32 and equal to the float32 computation on the same (rounded) values."""
+    prediction = np.linspace(-3, 3, 12).reshape(3, 4).astype(np.float16)
+    value, grad = loss.forward(prediction, target), loss.backward()
+    assert grad.dtype == np.float32
+    np.testing.assert_array_equal(loss.forward(prediction.astype(np.float32), target), value)
+    np.testing.assert_array_equal(loss.backward(), grad)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
-GROUPS = ("layers", "optim", "schedule")
+GROUPS = ("layers", "optim", "schedule", "recipe")
 
 
 def torch_or_none():

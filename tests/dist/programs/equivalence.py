@@ -16,14 +16,16 @@ from dist_nn.dist import GradSync, LocalCommunicator, broadcast_state, communica
 
 STEPS = 20
 PER_RANK = 3  # samples per rank per micro-batch
+CLIP_NORM = 0.3  # below the gradient norms of these models: every step clips
 MODELS = {
     "mlp": ((1, 6, 6), dict(hidden=(16, 12), batch_norm=True)),
     "cnn": ((3, 8, 8), dict(channels=(4, 6), hidden=10, dropout=0.0)),
     "resnet20": ((3, 8, 8), {}),
 }
-# variant -> (micro-batches per step, SyncBN, uneven last steps)
-VARIANTS = {"even": (1, True, False), "uneven": (1, True, True),
-            "accumulate": (2, True, False), "no_syncbn": (1, False, False)}
+# variant -> (micro-batches per step, SyncBN, uneven last steps, clip_grad_norm or 0)
+VARIANTS = {"even": (1, True, False, 0), "uneven": (1, True, True, 0),
+            "accumulate": (2, True, False, 0), "no_syncbn": (1, False, False, 0),
+            "clip": (1, True, True, CLIP_NORM)}
 
 
 def rank_sizes(size):
@@ -38,17 +40,18 @@ def micro_batch(step, micro, total, shape):
 
 
 def train(comm, model_name, variant, world):
-    """Parameters (flat) after each step on this rank; `world` is the N whose global batches
-    are reproduced (the reference process sees the union of the N ranks' shards)."""
+    """Parameters (flat) after each step on this rank, and the gradient norms; `world` is
+    the N whose global batches are reproduced (the reference process sees the union of the
+    N ranks' shards)."""
     shape, options = MODELS[model_name]
-    micros, sync_bn, uneven = VARIANTS[variant]
+    micros, sync_bn, uneven, clip = VARIANTS[variant]
     backend.seed(0)
     model = models.build(model_name, shape, 5, comm=comm if sync_bn else None, **options)
     broadcast_state(model, comm)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     sync = GradSync(model, opt.flat, comm, bucket_mb=0.02)  # several buckets
     loss = nn.SoftmaxCrossEntropy()
-    history = []
+    history, norms = [], []
     for step in range(STEPS):
         sizes = (rank_sizes(world) if uneven and step >= STEPS - 2
                  else [PER_RANK] * world)
@@ -67,9 +70,10 @@ def train(comm, model_name, variant, world):
                              mean_over=total * micros / comm.size)
                 model.backward(loss.backward())
         sync.wait()
+        norms.append(optim.clip_grad_norm(opt.flat, clip) if clip else optim.grad_norm(opt.flat))
         opt.step()
         history.append(opt.flat.data.copy())
-    return history
+    return history, norms
 
 
 def main(out, cases):
@@ -77,13 +81,13 @@ def main(out, cases):
     results = {}
     for case in cases:
         model_name, variant = case.split(":")
-        ours = train(comm, model_name, variant, comm.size)
+        ours, norms = train(comm, model_name, variant, comm.size)
         finals = comm.allgather_obj(ours[-1])
         if comm.rank == 0:
-            reference = train(LocalCommunicator(), model_name, variant, comm.size)
+            reference, _ = train(LocalCommunicator(), model_name, variant, comm.size)
             errors = [float(np.abs(a - b).max() / np.abs(b).max())
                       for a, b in zip(ours, reference)]
-            results[case] = {"errors": errors,
+            results[case] = {"errors": errors, "grad_norms": norms,
                              "ranks_identical": all(np.array_equal(f, finals[0]) for f in finals)}
     if comm.rank == 0:
         with open(out, "w") as f:

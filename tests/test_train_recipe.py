@@ -1,0 +1,92 @@
+"""The training recipe end to end under a real mpiexec (2 ranks): fp16 mixed precision learns
+the digits, an absurd initial loss scale skips the first steps alike on every rank and then
+converges, resume with amp, EMA and clipping is bit-exact, grad_norm is logged; bf16 without
+ml_dtypes is a configuration error."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dist_nn import checkpoint
+from dist_nn.monitor import read_records
+from tests.dist import mpi
+from tests.test_train import ROOT, SMALL, ok, run
+
+pytestmark = [pytest.mark.slow, mpi.needs_mpi]
+SMALL_CNN = ["model.channels=[16,32]", "model.fc=64", "log.plots=false", "log.tensorboard=off"]
+
+
+def test_fp16_cnn_learns_the_digits(tmp_path):
+    """train.amp=fp16 with clipping: >= 98% validation accuracy, the gradient norm and the
+    loss scale in every training record, best.h5 written."""
+    ok(run(2, tmp_path / "run", *SMALL_CNN, "train.amp=fp16", "optim.clip_grad_norm=5",
+           "train.epochs=10"))
+    records = read_records(tmp_path / "run")
+    val = [r for r in records if r["split"] == "val"]
+    assert max(r["accuracy"] for r in val) >= 0.98, val
+    steps = [r for r in records if r["split"] == "train" and r.get("scope") != "epoch"]
+    assert all(r["grad_norm"] > 0 and r["loss_scale"] > 0 for r in steps)
+    assert (tmp_path / "run" / "checkpoints" / "best.h5").exists()
+
+
+def test_absurd_initial_scale_skips_alike_then_converges(tmp_path):
+    """The loss scale starts at 2^40: the first ~25 steps overflow float16 and are skipped,
+    halving the scale each time, on both ranks alike (same count, same final parameters to
+    the bit); then the run learns."""
+    prefix = tmp_path / "out"
+    done = mpi.launch(2, "absurd_scale", prefix, tmp_path / "run", *SMALL_CNN,
+                      "train.epochs=6", timeout=600)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    ranks = [json.loads((tmp_path / f"out-{r}.json").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]  # the same skipped steps, scale and parameters on both
+    assert 20 <= ranks[0]["skipped"] <= 30 and ranks[0]["scale"] < 2.0**16
+    assert ranks[0]["val_accuracy"] > 0.93
+
+
+def test_bf16_without_ml_dtypes_is_a_configuration_error(tmp_path):
+    """A module `ml_dtypes` that cannot be imported (placed first on the path): exit 2 with
+    one message, nothing trained."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "ml_dtypes.py").write_text("raise ImportError('ml_dtypes is blocked here')\n")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "dist_nn.train", "train.amp=bf16",
+                           f"log.run_dir={tmp_path / 'run'}", *SMALL],
+                          env={"PYTHONPATH": f"{blocker}:{ROOT}", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2, done.stderr
+    assert "error: train.amp = 'bf16': bf16 needs the ml_dtypes package" in done.stderr
+    assert not list((tmp_path / "run").rglob("*.h5"))
+
+
+RECIPE = SMALL + ["train.amp=fp16", "optim.clip_grad_norm=0.5", "train.ema_decay=0.9",
+                  "train.label_smoothing=0.1", "model.dropout=0.2", "train.max_steps=30",
+                  "checkpoint.every_steps=13", "checkpoint.keep=5", "augment.enabled=true",
+                  "augment.crop=1", "optim.name=adam", "model.batch_norm=true"]
+
+
+def test_resume_with_amp_ema_and_clipping_is_exact(tmp_path):
+    """A checkpoint at step 13 resumed in a new process: at steps 26 and 30 the weights, the
+    optimizer state, the averaged weights and the loss scaler equal those of the
+    uninterrupted run bit for bit."""
+    ok(run(2, tmp_path / "straight", *RECIPE))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "straight" / "checkpoints" / "step-000000013.h5",
+                resumed / "checkpoints")
+    done = ok(run(2, resumed, *RECIPE, "--resume", "auto"))
+    assert "resumed from" in done.stdout
+    for step in (26, 30):
+        name = f"step-{step:09d}.h5"
+        a = checkpoint.read(tmp_path / "straight" / "checkpoints" / name)
+        b = checkpoint.read(resumed / "checkpoints" / name)
+        assert a.ema is not None and sorted(a.ema) == sorted(a[0])
+        for group_a, group_b in ((a[0], b[0]), (a.ema, b.ema),
+                                 (a[1]["buffers"], b[1]["buffers"])):
+            for key in group_a:
+                np.testing.assert_array_equal(group_a[key], group_b[key], err_msg=f"{step} {key}")
+        assert a[2]["recipe"] == b[2]["recipe"] and a[2]["recipe"]["scaler"]["scale"] > 0
+        assert any(not np.array_equal(a.ema[k], v) for k, v in a[0].items()
+                   if v.dtype.kind == "f")  # the averaged weights are not the live ones
