@@ -7,7 +7,7 @@ import importlib
 
 _HOMES = {
     "comm": ("KINDS", "LocalCommunicator", "MPICommunicator", "NCCLCommunicator",
-             "communicator"),
+             "chunk_bounds", "communicator"),
     "grad_sync": ("GradSync",),
     "metrics": ("Totals",),
     "process": ("LaunchError", "abort_on_failure", "finished", "limit_threads", "placement",
@@ -15,6 +15,7 @@ _HOMES = {
     "signals": ("PreemptionSignal",),
     "startup": ("broadcast_state", "check_same_everywhere", "fingerprint", "raise_together"),
     "watchdog": ("Watchdog",),
+    "zero": ("ShardedGradSync", "ShardedOptimizer", "sharded"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_HOME)

@@ -3,9 +3,16 @@
     comm.rank, comm.size, comm.local_rank, comm.local_size
     comm.allreduce(buf, op="sum")   in place, blocking
     comm.iallreduce(buf) -> handle  in place sum, non-blocking; handle.wait()
+    comm.reduce_scatter(buf, out)   out = the sum over ranks of this rank's chunk of buf
+    comm.allgather(chunk, buf)      every rank's chunk into its place in buf
+    comm.ireduce_scatter(buf, out), comm.iallgather(chunk, buf) -> handle (non-blocking)
     comm.bcast(buf, root=0)         in place
     comm.allreduce_obj(value, op), comm.bcast_obj(value, root), comm.allgather_obj(value)
     comm.barrier(), comm.abort(code)
+
+Rank r's chunk of a vector of n values is `buf[slice(*chunk_bounds(n, size)[r])]`: chunks of
+ceil(n / size) values, the last ones shorter or empty, so that NCCL (equal counts only) needs
+at most one padding copy and MPI takes the counts as they are.
 
 Arrays may be NumPy or CuPy. MPI moves CuPy arrays through pinned host buffers unless told
 the MPI library is CUDA-aware; NCCL moves them on the GPU and uses MPI for everything else.
@@ -20,6 +27,12 @@ from .. import backend
 
 OPS = ("sum", "max", "min")
 ABORT_GRACE_S = 1.0
+
+
+def chunk_bounds(n, size):
+    """[(start, end)] of each rank's chunk of n values."""
+    chunk = -(-n // size)
+    return [(min(r * chunk, n), min((r + 1) * chunk, n)) for r in range(size)]
 
 
 class Done:
@@ -40,6 +53,20 @@ class LocalCommunicator:
         _check_op(op)
 
     def iallreduce(self, buf):
+        return Done()
+
+    def reduce_scatter(self, buf, out):
+        out[...] = buf
+
+    def ireduce_scatter(self, buf, out):
+        self.reduce_scatter(buf, out)
+        return Done()
+
+    def allgather(self, chunk, buf):
+        buf[...] = chunk
+
+    def iallgather(self, chunk, buf):
+        self.allgather(chunk, buf)
         return Done()
 
     def bcast(self, buf, root=0):
@@ -65,7 +92,8 @@ class LocalCommunicator:
 
 
 class _MPIRequest:
-    """A pending Iallreduce; with host staging, wait() also copies the result back."""
+    """A pending non-blocking collective; with host staging, wait() also copies the result
+    back to the device."""
 
     def __init__(self, request, device_buf=None, host_buf=None):
         self.request, self.device_buf, self.host_buf = request, device_buf, host_buf
@@ -75,7 +103,7 @@ class _MPIRequest:
 
     def wait(self):
         self.request.Wait()
-        if self.device_buf is not None:
+        if self.device_buf is not None and self.host_buf is not None:
             self.device_buf.set(self.host_buf)
             self.device_buf = None
 
@@ -96,16 +124,18 @@ class MPICommunicator:
         self._pinned = {}  # (size, dtype) -> pinned host staging buffer
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
-    def _staged(self, buf):
-        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI)."""
+    def _staged(self, buf, copy=True):
+        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI); one
+        staging buffer per device buffer, so that pending operations never share one."""
         if self.cuda_aware or isinstance(buf, numpy.ndarray):
             return None
-        key = (buf.size, buf.dtype.str)
+        key = (buf.data.ptr, buf.size, buf.dtype.str)
         if key not in self._pinned:
             import cupyx
             self._pinned[key] = cupyx.empty_pinned(buf.size, dtype=buf.dtype)
         host = self._pinned[key].reshape(buf.shape)
-        buf.get(out=host)
+        if copy:
+            buf.get(out=host)
         return host
 
     def allreduce(self, buf, op="sum"):
@@ -120,6 +150,29 @@ class MPICommunicator:
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf if host is None else host,
                                        op=self.MPI.SUM)
         return _MPIRequest(request, None if host is None else buf, host)
+
+    def _counts(self, n):
+        return [end - start for start, end in chunk_bounds(n, self.size)]
+
+    def ireduce_scatter(self, buf, out):
+        host_in, host_out = self._staged(buf), self._staged(out, copy=False)
+        request = self.comm.Ireduce_scatter(buf if host_in is None else host_in,
+                                            out if host_out is None else host_out,
+                                            self._counts(buf.size), op=self.MPI.SUM)
+        return _MPIRequest(request, None if host_out is None else out, host_out)
+
+    def reduce_scatter(self, buf, out):
+        self.ireduce_scatter(buf, out).wait()
+
+    def iallgather(self, chunk, buf):
+        host_in, host_out = self._staged(chunk), self._staged(buf, copy=False)
+        counts = self._counts(buf.size)
+        request = self.comm.Iallgatherv(chunk if host_in is None else host_in,
+                                        [buf if host_out is None else host_out, counts])
+        return _MPIRequest(request, None if host_out is None else buf, host_out)
+
+    def allgather(self, chunk, buf):
+        self.iallgather(chunk, buf).wait()
 
     def bcast(self, buf, root=0):
         host = self._staged(buf)
@@ -164,9 +217,11 @@ class _NCCLRequest:
 
 
 class NCCLCommunicator(MPICommunicator):
-    """NCCL for CuPy arrays (allreduce, iallreduce, bcast); MPI for objects, host arrays,
-    barrier and abort. One GPU per rank: NCCL refuses two ranks on one GPU. Non-blocking
-    allreduces run on their own stream, ordered after the work queued before them."""
+    """NCCL for CuPy arrays (allreduce, reduce-scatter, allgather, bcast); MPI for objects,
+    host arrays, barrier and abort. One GPU per rank: NCCL refuses two ranks on one GPU.
+    Non-blocking collectives run on their own stream, ordered after the work queued before
+    them. NCCL moves equal chunks only: a vector whose length the world size does not
+    divide goes through a zero-padded copy (chunk_bounds puts the padding at the end)."""
 
     def __init__(self, comm=None):
         super().__init__(comm)
@@ -199,6 +254,59 @@ class NCCLCommunicator(MPICommunicator):
         self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
                                  self.nccl.NCCL_SUM, self.stream.ptr)
         return _NCCLRequest(self.stream.record())
+
+    def _reduce_scatter_on(self, stream, buf, out):
+        cupy = backend.cupy
+        chunk = -(-buf.size // self.size)
+        with stream:
+            send = buf if buf.size == chunk * self.size else \
+                cupy.concatenate([buf, cupy.zeros(chunk * self.size - buf.size, buf.dtype)])
+            recv = out if out.size == chunk else cupy.empty(chunk, out.dtype)
+            self.nccl_comm.reduceScatter(send.data.ptr, recv.data.ptr, chunk,
+                                         self._types[buf.dtype], self.nccl.NCCL_SUM,
+                                         stream.ptr)
+            if recv is not out:
+                out[...] = recv[:out.size]
+
+    def _allgather_on(self, stream, chunk, buf):
+        cupy = backend.cupy
+        count = -(-buf.size // self.size)
+        with stream:
+            send = chunk if chunk.size == count else \
+                cupy.concatenate([chunk, cupy.zeros(count - chunk.size, chunk.dtype)])
+            recv = buf if buf.size == count * self.size else \
+                cupy.empty(count * self.size, buf.dtype)
+            self.nccl_comm.allGather(send.data.ptr, recv.data.ptr, count,
+                                     self._types[buf.dtype], stream.ptr)
+            if recv is not buf:
+                buf[...] = recv[:buf.size]
+
+    def _on_comm_stream(self, collective, *buffers):
+        """Run a collective on the communication stream after the work queued so far."""
+        cupy = backend.cupy
+        self.stream.wait_event(cupy.cuda.get_current_stream().record())
+        collective(self.stream, *buffers)
+        return _NCCLRequest(self.stream.record())
+
+    def reduce_scatter(self, buf, out):
+        if not self._is_device(buf):
+            return super().reduce_scatter(buf, out)
+        self._reduce_scatter_on(backend.cupy.cuda.get_current_stream(), buf, out)
+
+    def ireduce_scatter(self, buf, out):
+        if not self._is_device(buf):
+            return super().ireduce_scatter(buf, out)
+        return self._on_comm_stream(self._reduce_scatter_on, buf, out)
+
+    def allgather(self, chunk, buf):
+        if not self._is_device(buf):
+            return super().allgather(chunk, buf)
+        self._allgather_on(backend.cupy.cuda.get_current_stream(), chunk, buf)
+
+    def iallgather(self, chunk, buf):
+        if not self._is_device(buf):
+            return super().iallgather(chunk, buf)
+        return self._on_comm_stream(self._allgather_on, chunk, buf)
 
     def bcast(self, buf, root=0):
         if not self._is_device(buf):

@@ -65,8 +65,12 @@ class GradSync:
             b = len(self.handles)
             if self.missing[b] > 0 and not all_buckets:
                 return
-            start, end, _ = self.buckets[b]
-            self.handles.append(self.comm.iallreduce(self.flat.grad[start:end]))
+            self.handles.append(self._start(b))
+
+    def _start(self, b):
+        """Start bucket b's collective; its handle."""
+        start, end, _ = self.buckets[b]
+        return self.comm.iallreduce(self.flat.grad[start:end])
 
     def wait(self):
         """Finish the allreduce of every bucket (and average): call after backward, before

@@ -42,3 +42,35 @@ class FlatParameters:
     @property
     def size(self):
         return self.data.size
+
+
+class FlatShard:
+    """The part of a FlatParameters that one rank updates under ZeRO-1: the pieces
+    [(start, end)] of the flat buffer, packed one after another into contiguous `data`,
+    `grad` and `decay_mask` arrays. Optimizers take it in place of a FlatParameters."""
+
+    def __init__(self, flat, pieces):
+        self.flat, self.pieces = flat, list(pieces)
+        self.slices, start = [], 0  # where each piece lies in the shard
+        for begin, end in self.pieces:
+            self.slices.append(slice(start, start + end - begin))
+            start += end - begin
+        self.data = self.take(flat.data)
+        self.grad = self.data * 0
+        self.decay_mask = self.take(flat.decay_mask)
+        self.all_decay = flat.all_decay
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def take(self, full):
+        """This shard's values of a vector laid out like the flat buffer (a copy)."""
+        xp = backend.get_array_module(full)
+        return xp.concatenate([full[begin:end] for begin, end in self.pieces] or
+                              [full[:0]])
+
+    def load(self):
+        """Copy the model's current parameters into the shard."""
+        for (begin, end), part in zip(self.pieces, self.slices):
+            self.data[part] = self.flat.data[begin:end]

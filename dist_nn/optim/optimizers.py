@@ -9,7 +9,7 @@ import abc
 import math
 
 from .. import backend
-from .flat import FlatParameters
+from .flat import FlatParameters, FlatShard
 
 
 class Optimizer(abc.ABC):
@@ -20,7 +20,9 @@ class Optimizer(abc.ABC):
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("l1", l1)):
             if value < 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {value}")
-        self.flat = params if isinstance(params, FlatParameters) else FlatParameters(params)
+        # a FlatShard: the 1/N of the parameters this rank updates under ZeRO-1
+        self.flat = params if isinstance(params, (FlatParameters, FlatShard)) else \
+            FlatParameters(params)
         self.lr, self.weight_decay, self.l1 = lr, weight_decay, l1
         self.step_count = 0
         self.buffers = {}  # per-element state, created on first use

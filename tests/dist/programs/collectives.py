@@ -1,4 +1,5 @@
-"""Under mpiexec -n N: the communicator's operations, start-up broadcast and fingerprint,
+"""Under mpiexec -n N: the communicator's operations (reduce-scatter and allgather over
+lengths that the world size divides or not), start-up broadcast and fingerprint,
 exact metrics over uneven shards, SyncBN statistics over uneven batches, and the overlap of
 gradient allreduce with backward. Rank 0 writes what each check saw as JSON.
 
@@ -10,7 +11,8 @@ import sys
 import numpy as np
 
 from dist_nn import backend, models, nn, optim
-from dist_nn.dist import GradSync, Totals, broadcast_state, communicator, fingerprint
+from dist_nn.dist import (GradSync, Totals, broadcast_state, chunk_bounds, communicator,
+                          fingerprint)
 
 
 def communicator_ops(comm):
@@ -24,7 +26,21 @@ def communicator_ops(comm):
     handle.wait()
     root_value = np.full(3, 7.0 if r == n - 1 else -1.0)
     comm.bcast(root_value, root=n - 1)
+    scattered, gathered = {}, {}
+    for length in (4 * n, 4 * n + 1, n - 1):  # even chunks, one short, some empty
+        begin, end = chunk_bounds(length, n)[r]
+        mine = np.full(end - begin, -1.0)
+        comm.reduce_scatter(np.arange(length) * (r + 1.0), mine)
+        pending_mine = np.full(end - begin, -1.0)
+        comm.ireduce_scatter(np.arange(length) * (r + 2.0), pending_mine).wait()
+        scattered[length] = comm.allgather_obj((mine.tolist(), pending_mine.tolist()))
+        everything = np.full(length, -1.0)
+        comm.allgather(np.arange(begin, end) + 0.5, everything)
+        pending_everything = np.full(length, -1.0)
+        comm.iallgather(np.full(end - begin, r + 0.0), pending_everything).wait()
+        gathered[length] = (everything.tolist(), pending_everything.tolist())
     return {"allreduce": summed.tolist(), "max": largest.tolist(), "iallreduce": pending.tolist(),
+            "reduce_scatter": scattered, "allgather": comm.allgather_obj(gathered),
             "bcast": root_value.tolist(), "allreduce_obj": comm.allreduce_obj(r),
             "bcast_obj": comm.bcast_obj({"from": r}), "allgather_obj": comm.allgather_obj(r * r),
             "local": comm.allgather_obj((comm.local_rank, comm.local_size))}

@@ -1,0 +1,183 @@
+"""Under mpiexec -n N: ZeRO-1 (sharded optimizer state) against one unsharded process with the
+N-times-larger batch, step by step (float64), and resuming from sharded checkpoints on other
+world sizes. Rank 0 writes what it saw as JSON.
+
+    mpiexec -n N python sharded.py OUT.json CHECKPOINT_DIR [CASE ...]
+
+A case is `optimizer:variant` (OPTIMIZERS x VARIANTS below) or `resume:optimizer`: a chain of
+runs of 5 steps, each resuming from the previous one's checkpoint with another world size or
+sharding (CHAINS), against 20 uninterrupted steps of one process.
+"""
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dist_nn import backend, checkpoint, models, nn, optim
+from dist_nn.dist import (GradSync, LocalCommunicator, MPICommunicator, broadcast_state,
+                          communicator, sharded)
+from tests.dist.programs.equivalence import PER_RANK, micro_batch, rank_sizes
+
+STEPS = 20
+SHAPE = (1, 6, 6)
+OPTIMIZERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    "nesterov": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "sgd_l1": lambda p: optim.SGD(p, lr=0.1, momentum=0.5, weight_decay=1e-3, l1=1e-3),
+    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=1e-3),
+    "adamw": lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.1),
+    "adagrad": lambda p: optim.Adagrad(p, lr=0.05, initial_accumulator_value=0.1),
+    "rmsprop": lambda p: optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
+    "adadelta": lambda p: optim.Adadelta(p, lr=1.0, weight_decay=1e-3),
+}
+# variant -> (micro-batches per step, uneven last steps, frozen first layer, lr schedule)
+VARIANTS = {"even": (1, False, False, False), "uneven": (1, True, False, False),
+            "accumulate": (2, False, False, False), "frozen": (1, False, True, False),
+            "schedule": (1, False, False, True)}
+# world size -> [(ranks, sharded)] of the resume chain's runs
+CHAINS = {2: [(2, True), (1, True), (2, False), (2, True)],
+          4: [(4, True), (2, True), (3, False), (4, True)]}
+GLOBAL_BATCH = 12  # divisible by every world size of the chains
+
+
+class Run:
+    """A model, its (sharded or plain) optimizer and sync, and an optional cosine schedule."""
+
+    def __init__(self, comm, optimizer, shard, frozen=False, schedule=False):
+        backend.seed(0)
+        self.comm = comm
+        self.model = models.build("mlp", SHAPE, 5, hidden=(16, 12), batch_norm=True,
+                                  comm=comm)
+        if frozen:
+            self.model[1].weight.requires_grad = False
+        broadcast_state(self.model, comm)
+        make = OPTIMIZERS[optimizer]
+        if shard:
+            self.opt, self.sync = sharded(make, self.model, comm, bucket_mb=0.002)
+        else:
+            self.opt = make(self.model.parameters())
+            self.sync = GradSync(self.model, self.opt.flat, comm, bucket_mb=0.002)
+        self.schedules = [optim.Warmup(self.opt, 3, 0.1, after=optim.CosineDecay(
+            self.opt, STEPS - 3))] if schedule else []
+        self.loss = nn.SoftmaxCrossEntropy()
+
+    def step(self, step, sizes, micros=1):
+        """One optimizer step on the global batch of `sizes` samples per rank."""
+        total = sum(sizes)
+        begin, end = ((0, total) if self.comm.size == 1 else
+                      (sum(sizes[:self.comm.rank]), sum(sizes[:self.comm.rank + 1])))
+        self.opt.zero_grad()
+        for m in range(micros):
+            x, y = micro_batch(step, m, total, SHAPE)
+            with contextlib.nullcontext() if m == micros - 1 else self.sync.no_sync():
+                self.loss.forward(self.model.forward(x[begin:end]), y[begin:end],
+                                  mean_over=total * micros / self.comm.size)
+                self.model.backward(self.loss.backward())
+        self.sync.wait()
+        self.opt.step()
+        for schedule in self.schedules:
+            schedule.step()
+
+    def parameters(self):
+        return np.concatenate([p.data.ravel() for _, p in self.model.named_parameters()])
+
+
+def relative(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def state_error(state, reference):
+    """Largest relative difference of two optimizer state_dicts (inf when they differ in
+    anything but the buffers' values)."""
+    if state["step"] != reference["step"] or set(state["buffers"]) != set(reference["buffers"]):
+        return float("inf")
+    errors = [relative(state["buffers"][k], v) for k, v in reference["buffers"].items()]
+    return max(errors, default=0.0)
+
+
+def equivalence(comm, optimizer, variant):
+    micros, uneven, frozen, schedule = VARIANTS[variant]
+
+    def train(c, world, shard):
+        run = Run(c, optimizer, shard, frozen, schedule)
+        history = []
+        for step in range(STEPS):
+            sizes = rank_sizes(world) if uneven and step >= STEPS - 2 else [PER_RANK] * world
+            run.step(step, sizes, micros)
+            history.append(run.parameters())
+        return run, history
+
+    run, ours = train(comm, comm.size, shard=True)
+    state = run.opt.state_dict()
+    finals = comm.allgather_obj(ours[-1])
+    shard_values = comm.allgather_obj(sum(v.size for v in run.opt.buffers.values()))
+    if comm.rank != 0:
+        return None
+    reference, theirs = train(LocalCommunicator(), comm.size, shard=False)
+    return {"errors": [relative(a, b) for a, b in zip(ours, theirs)],
+            "state_error": state_error(state, reference.opt.state_dict()),
+            "ranks_identical": all(np.array_equal(f, finals[0]) for f in finals),
+            "shard_values": shard_values,
+            "unsharded_values": sum(v.size for v in reference.opt.buffers.values()),
+            "lr": [run.opt.lr, reference.opt.lr]}
+
+
+def sub_communicator(world, ranks):
+    """A communicator of the first `ranks` ranks (None on the others)."""
+    if ranks == 1:
+        return LocalCommunicator() if world.rank == 0 else None
+    part = world.comm.Split(0 if world.rank < ranks else world.MPI.UNDEFINED, world.rank)
+    return MPICommunicator(comm=part) if world.rank < ranks else None
+
+
+def resume_chain(world, optimizer, directory):
+    """Runs of 5 steps along CHAINS[world size], each resuming from the previous checkpoint;
+    the final parameters and full optimizer state against 20 steps of one process."""
+    chain = CHAINS[world.size]
+    per_run = STEPS // len(chain)
+    previous = None
+    for index, (ranks, shard) in enumerate(chain):
+        comm = sub_communicator(world, ranks)
+        if comm is not None:
+            run = Run(comm, optimizer, shard, schedule=True)
+            if previous is not None:
+                model_state, optimizer_state, meta = checkpoint.read(previous)
+                run.model.load_state_dict(model_state)
+                run.opt.load_state_dict(optimizer_state)
+                run.schedules[0].load_state_dict(meta["schedule"])
+            for step in range(index * per_run, (index + 1) * per_run):
+                run.step(step, [GLOBAL_BATCH // ranks] * ranks)
+            state = run.opt.state_dict()  # every rank of the run takes part
+            if comm.rank == 0:
+                checkpoint.write(Path(directory) / f"run-{index}.h5", run.model.state_dict(),
+                                 state, {"schedule": run.schedules[0].state_dict()})
+        previous = Path(directory) / f"run-{index}.h5"
+        world.barrier()
+    if world.rank != 0:
+        return None
+    final, optimizer_state, _ = checkpoint.read(previous)
+    reference = Run(LocalCommunicator(), optimizer, shard=False, schedule=True)
+    for step in range(STEPS):
+        reference.step(step, [GLOBAL_BATCH])
+    return {"chain": chain, "parameter_error": max(
+                relative(final[k], v) for k, v in reference.model.state_dict().items()),
+            "state_error": state_error(optimizer_state, reference.opt.state_dict())}
+
+
+def main(out, directory, cases):
+    comm = communicator("mpi")
+    results = {}
+    for case in cases:
+        kind, name = case.split(":")
+        results[case] = (resume_chain(comm, name, directory) if kind == "resume" else
+                         equivalence(comm, kind, name))
+    if comm.rank == 0:
+        with open(out, "w") as f:
+            json.dump(results, f)
+
+
+if __name__ == "__main__":
+    with backend.using("cpu", "float64"):
+        main(sys.argv[1], sys.argv[2], sys.argv[3:])
