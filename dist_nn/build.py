@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from . import checkpoint, config as configuration, optim
+from . import checkpoint, config as configuration, dist, optim
 from .data import augment, digits
 
 CACHE = Path(os.environ.get("DIST_NN_CACHE", Path.home() / ".cache" / "dist_nn"))
@@ -75,6 +75,20 @@ def make_optimizer(optim_config, params, lr):
     }.get(c.name, {})
     return optim.OPTIMIZERS[c.name](params, lr=lr, weight_decay=c.weight_decay, l1=c.l1,
                                     **options)
+
+
+def make_optimizer_and_sync(config, model, comm, lr):
+    """(optimizer, gradient sync) of a run. With optim.shard, ZeRO-1: a ShardedOptimizer that
+    keeps the state of this rank's shard only, and the ShardedGradSync that reduce-scatters
+    into it; else the optimizer on all parameters and GradSync. Both sync without averaging:
+    the trainer's losses are shares of the global mean."""
+    make = lambda params: make_optimizer(config.optim, params, lr)  # noqa: E731
+    options = dict(bucket_mb=config.train.bucket_mb, overlap=config.train.overlap,
+                   average=False)
+    if config.optim.shard:
+        return dist.sharded(make, model, comm, **options)
+    opt = make(model.parameters())
+    return opt, dist.GradSync(model, opt.flat, comm, **options)
 
 
 def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):

@@ -102,6 +102,8 @@ class Optim:
     accumulate: int = option(1, "micro-batches whose gradients make one step")
     clip_grad_norm: float = option(0.0, "clip the synchronized gradient's global L2 norm to "
                                         "this (after unscaling under amp; 0: off)")
+    shard: bool = option(False, "ZeRO-1: each rank keeps the optimizer state of its 1/N of "
+                                "the parameters (reduce-scatter, then allgather)")
 
 
 @dataclass

@@ -15,6 +15,14 @@ batch size)`), the sum is the gradient of the global mean loss.
 """
 import contextlib
 
+from .. import backend
+
+
+def squared_norm(values):
+    """sum(values^2) as a Python float, accumulated in float64 (no float32 overflow)."""
+    xp = backend.get_array_module(values)
+    return float(xp.square(values, dtype=xp.float64).sum())
+
 
 class GradSync:
     def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True):
@@ -83,6 +91,11 @@ class GradSync:
         if self.average:
             self.flat.grad *= 1.0 / self.comm.size
         self._reset()
+
+    def grad_sq_norm(self):
+        """The squared L2 norm of the synchronised gradient (after wait()), the same on every
+        rank: what gradient clipping and the non-finite check need."""
+        return squared_norm(self.flat.grad)
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -29,7 +29,7 @@ import numpy
 from .. import backend
 from ..optim import FlatParameters, FlatShard
 from .comm import chunk_bounds
-from .grad_sync import GradSync
+from .grad_sync import GradSync, squared_norm
 
 
 class ShardedGradSync(GradSync):
@@ -58,7 +58,7 @@ class ShardedGradSync(GradSync):
 
     def grad_sq_norm(self):
         """The squared L2 norm of the whole synchronised gradient (the same on every rank)."""
-        total = numpy.array([float((self.shard.grad * self.shard.grad).sum())])
+        total = numpy.array([squared_norm(self.shard.grad)])
         self.comm.allreduce(total)
         return float(total[0])
 
