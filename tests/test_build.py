@@ -8,7 +8,7 @@ def test_optim_shard_chooses_the_sharded_optimizer_and_sync():
     model = models.build("mlp", (10,), 4, hidden=(20,))
     for shard in (False, True):
         run = config.load(None, [f"optim.shard={str(shard).lower()}", "optim.name=adam",
-                                 "train.bucket_mb=0.001"])
+                                 "train.bucket_mb=0.0002"])
         opt, sync = build.make_optimizer_and_sync(run, model, LocalCommunicator(), lr=0.5)
         assert isinstance(opt, ShardedOptimizer) == shard
         assert isinstance(sync, ShardedGradSync) == shard and isinstance(sync, GradSync)
