@@ -31,6 +31,7 @@ from launch import mpirun  # noqa: E402
 BENCHMARKS = {  # name -> (model, input shape, per-rank batch, options)
     "mlp": ("mlp", (1, 28, 28), 128, dict(hidden=(1024, 1024))),
     "cnn": ("cnn", (3, 32, 32), 64, dict(channels=(32, 64), hidden=256, dropout=0.5)),
+    "resnet20": ("resnet20", (3, 32, 32), 32, {}),
 }
 SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 

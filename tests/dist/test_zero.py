@@ -22,7 +22,7 @@ def results(tmp_path_factory):
     seen = {}
     for n in WORLD_SIZES:
         path = tmp_path_factory.mktemp(f"sharded-{n}")
-        seen[n] = mpi.run_json(n, "sharded", path, path, *CASES, *RESUMED)
+        seen[n] = mpi.run_json(n, "sharded", path, path, *CASES, *RESUMED, "overlap:mlp")
     return seen
 
 
@@ -59,6 +59,16 @@ def test_resume_across_world_sizes_and_sharding_is_exact(results, ranks, case):
     sizes = [size for size, _ in seen["chain"]]
     assert len(set(sizes)) > 1 and [s for _, s in seen["chain"]] == [True, True, False, True]
     assert seen["parameter_error"] < 1e-10 and seen["state_error"] < 1e-10, seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", WORLD_SIZES)
+def test_first_reduce_scatter_starts_before_backward_ends(results, ranks):
+    seen = results[ranks]["overlap:mlp"]
+    assert seen["buckets"] >= 3 and len(seen["starts"]) == seen["buckets"]
+    assert seen["starts"][0] < seen["modules"], seen  # while backward was still running
+    assert seen["starts"] == sorted(seen["starts"])
+    assert seen["parameters_identical"]
 
 
 def local_run(shard, optimizer="adam", bucket_mb=100 * 8 / 2**20):

@@ -4,9 +4,10 @@ world sizes. Rank 0 writes what it saw as JSON.
 
     mpiexec -n N python sharded.py OUT.json CHECKPOINT_DIR [CASE ...]
 
-A case is `optimizer:variant` (OPTIMIZERS x VARIANTS below) or `resume:optimizer`: a chain of
+A case is `optimizer:variant` (OPTIMIZERS x VARIANTS below); `resume:optimizer`: a chain of
 runs of 5 steps, each resuming from the previous one's checkpoint with another world size or
-sharding (CHAINS), against 20 uninterrupted steps of one process.
+sharding (CHAINS), against 20 uninterrupted steps of one process; or `overlap:mlp`: when the
+buckets' reduce-scatters start during backward.
 """
 import contextlib
 import json
@@ -124,6 +125,43 @@ def equivalence(comm, optimizer, variant):
             "lr": [run.opt.lr, reference.opt.lr]}
 
 
+class RecordingComm:
+    """Forwards to a communicator and records when each reduce-scatter starts, as the number
+    of modules whose backward had finished by then."""
+
+    def __init__(self, comm, progress):
+        self.comm, self.progress, self.starts = comm, progress, []
+        self.rank, self.size = comm.rank, comm.size
+
+    def ireduce_scatter(self, buf, out):
+        self.starts.append(self.progress[0])
+        return self.comm.ireduce_scatter(buf, out)
+
+    def iallgather(self, chunk, buf):
+        return self.comm.iallgather(chunk, buf)
+
+
+def overlap(comm):
+    """When each bucket's reduce-scatter started, counted in finished module backwards."""
+    backend.seed(0)
+    model = models.build("mlp", (1, 8, 8), 10, hidden=(32, 32, 32))
+    progress = [0]
+    owners = [m for _, m in model.named_modules() if m.own_parameters()]
+    for m in owners:  # registered before the sync's hooks: runs first
+        m.add_backward_hook(lambda module: progress.__setitem__(0, progress[0] + 1))
+    recording = RecordingComm(comm, progress)
+    opt, sync = sharded(lambda p: optim.SGD(p, lr=0.1), model, recording, bucket_mb=0.004)
+    loss = nn.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(comm.rank)
+    loss.forward(model.forward(rng.standard_normal((4, 1, 8, 8))), rng.integers(0, 10, 4))
+    model.backward(loss.backward())
+    sync.wait()
+    opt.step()
+    parameters = comm.allgather_obj(sync.flat.data.copy())
+    return {"starts": recording.starts, "modules": len(owners), "buckets": len(sync.buckets),
+            "parameters_identical": all(np.array_equal(p, parameters[0]) for p in parameters)}
+
+
 def sub_communicator(world, ranks):
     """A communicator of the first `ranks` ranks (None on the others)."""
     if ranks == 1:
@@ -172,7 +210,7 @@ def main(out, directory, cases):
     for case in cases:
         kind, name = case.split(":")
         results[case] = (resume_chain(comm, name, directory) if kind == "resume" else
-                         equivalence(comm, kind, name))
+                         overlap(comm) if kind == "overlap" else equivalence(comm, kind, name))
     if comm.rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
