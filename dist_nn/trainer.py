@@ -19,7 +19,7 @@ import numpy
 from . import backend, checkpoint, config as configuration, models, nn, optim
 from . import dist as distributed
 from .dist.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer,
+from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer_and_sync,
                     make_schedules, prepare_run_dir, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
 from .evaluate import evaluate
@@ -166,17 +166,23 @@ class Trainer:
         c = self.config
         scale = self.global_batch * self.micro / c.optim.reference_batch if c.optim.scale_lr \
             else 1
-        self.opt = make_optimizer(c.optim, self.model.parameters(), c.optim.lr * scale)
+        # optim.shard: ZeRO-1's pair, each rank keeping the optimizer state of its shard
+        self.opt, self.sync = make_optimizer_and_sync(c, self.model, self.comm,
+                                                      c.optim.lr * scale)
         total_steps = c.train.epochs * self.steps_per_epoch
         if c.train.max_steps:
             total_steps = min(total_steps, c.train.max_steps)
         self.schedules, self.plateau = make_schedules(c.schedule, self.opt,
                                                       self.steps_per_epoch, total_steps)
-        self.sync = distributed.GradSync(self.model, self.opt.flat, self.comm,
-                                         c.train.bucket_mb, c.train.overlap, average=False)
+        if c.optim.shard and (c.train.amp != "off" or c.train.ema_decay):
+            raise configuration.ConfigError("optim.shard does not combine with train.amp or "
+                                            "train.ema_decay yet")
+        # sharded, the optimizer step's flat buffer is this rank's shard: the global norm
+        # (clipping) is the shard's part plus one allreduce
+        norm = (lambda: math.sqrt(self.sync.grad_sq_norm())) if c.optim.shard else None
         try:  # mixed precision, clipping, EMA around each optimizer step
             self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
-                                           c.optim.clip_grad_norm, c.train.ema_decay)
+                                           c.optim.clip_grad_norm, c.train.ema_decay, norm)
         except nn.amp.PrecisionError as error:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
@@ -275,7 +281,7 @@ class Trainer:
         `overflow` of the scaled gradients skips the step instead (the loss scaler's rule)."""
         step = self.state["step"] + 1
         if not (math.isfinite(loss) and
-                (overflow or math.isfinite(float(self.opt.flat.grad.sum())))):
+                (overflow or math.isfinite(self.sync.grad_sq_norm()))):
             with self.recipe.autocast():  # in the precision that produced it
                 report = nonfinite_report(self.model, x, step)
             raise TrainingStopped(self.comm.bcast_obj(report))
@@ -395,6 +401,9 @@ class Trainer:
     def save(self, name=None):
         """Rank 0 writes the step checkpoint (or `name`, e.g. best.h5); a failed write keeps
         the previous checkpoints and training goes on."""
+        # sharded, the optimizer state is gathered on rank 0 with every rank taking part
+        optimizer_state = self.opt.state_dict() \
+            if self.config.optim.shard or self.comm.rank == 0 else None
         if self.comm.rank != 0:
             return
         state = self.state
@@ -407,7 +416,7 @@ class Trainer:
                 "model_given": self.given_model is not None,
                 "recipe": self.recipe.state_dict()}
         ema = self.recipe.ema.state_dict() if self.recipe.ema else None
-        content = (self.model.state_dict(), self.opt.state_dict(), meta)
+        content = (self.model.state_dict(), optimizer_state, meta)
         try:
             if name is None:
                 checkpoint.save_step(self.run_dir / "checkpoints", state["step"], *content,

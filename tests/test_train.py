@@ -92,6 +92,33 @@ def test_resume_on_another_world_size(tmp_path):
     assert val[-1]["accuracy"] > 0.9
 
 
+SHARDED = SMALL + ["train.dtype=float64", "model.dropout=0", "augment.enabled=false",
+                   "optim.name=adam", "optim.weight_decay=1e-3", "schedule.name=step",
+                   "schedule.step_epochs=0.5", "data.global_batch_size=48",
+                   "train.max_steps=20", "train.bucket_mb=0.01", "checkpoint.every_steps=10"]
+
+
+def test_sharded_run_resumes_on_another_world_size_exactly(tmp_path):
+    """optim.shard=true: 10 steps on 2 ranks, resumed sharded on 3 ranks to step 20, equal
+    (float64, 1e-10) to 20 unsharded steps of one process: parameters and the optimizer state,
+    which the checkpoints hold whole (gathered on rank 0)."""
+    ok(run(1, tmp_path / "one", *SHARDED))
+    sharded = [*SHARDED, "optim.shard=true"]
+    ok(run(2, tmp_path / "sharded", *sharded, "train.max_steps=10"))
+    done = ok(run(3, tmp_path / "sharded", *sharded, "--resume", "auto"))
+    assert "resumed from" in done.stdout and "step 10" in done.stdout
+    name = "step-000000020.h5"
+    ours = checkpoint.read(tmp_path / "sharded" / "checkpoints" / name)
+    reference = checkpoint.read(tmp_path / "one" / "checkpoints" / name)
+    assert ours[2]["world_size"] == 3 and ours[1]["step"] == reference[1]["step"] == 20
+    for key, value in reference[0].items():
+        np.testing.assert_allclose(ours[0][key], value, rtol=1e-10, atol=1e-13, err_msg=key)
+    assert set(ours[1]["buffers"]) == {"exp_avg", "exp_avg_sq"}
+    for key, value in reference[1]["buffers"].items():
+        np.testing.assert_allclose(ours[1]["buffers"][key], value, rtol=1e-10, atol=1e-16,
+                                   err_msg=key)
+
+
 def test_early_stopping_fires(tmp_path):
     done = ok(run(2, tmp_path / "run", *SMALL, "train.early_stopping_patience=2",
                   "train.early_stopping_min_delta=100", "train.epochs=10"))

@@ -83,6 +83,21 @@ class Watchdog:
         self.sequence += 1
         return _Waiting(self.comm.iallreduce(buf), self, self.sequence, "iallreduce")
 
+    def reduce_scatter(self, buf, out):
+        return self._collective("reduce_scatter", self.comm.reduce_scatter, buf, out)
+
+    def ireduce_scatter(self, buf, out):
+        self.sequence += 1
+        return _Waiting(self.comm.ireduce_scatter(buf, out), self, self.sequence,
+                        "ireduce_scatter")
+
+    def allgather(self, chunk, buf):
+        return self._collective("allgather", self.comm.allgather, chunk, buf)
+
+    def iallgather(self, chunk, buf):
+        self.sequence += 1
+        return _Waiting(self.comm.iallgather(chunk, buf), self, self.sequence, "iallgather")
+
     def bcast(self, buf, root=0):
         return self._collective("bcast", self.comm.bcast, buf, root)
 

@@ -7,7 +7,9 @@ clips alike.
 import math
 
 from .. import backend
-from .flat import FlatParameters
+from .flat import FlatParameters, FlatShard
+
+FLAT = (FlatParameters, FlatShard)
 
 EPS = 1e-6  # torch's: the clip coefficient is max_norm / (total_norm + 1e-6)
 
@@ -16,7 +18,7 @@ def grad_norm(flat_or_params):
     """The L2 norm of all gradients together, as a Python float (Inf/NaN when any gradient
     is). A flat buffer takes one pass; a list of parameters, one norm each, then the norm of
     those norms (torch's order)."""
-    if isinstance(flat_or_params, FlatParameters):
+    if isinstance(flat_or_params, FLAT):
         g = flat_or_params.grad
         return float(backend.get_array_module(g).linalg.norm(g))
     norms = [float(backend.get_array_module(p.grad).linalg.norm(p.grad.reshape(-1)))
@@ -24,17 +26,19 @@ def grad_norm(flat_or_params):
     return math.sqrt(math.fsum(n * n for n in norms))
 
 
-def clip_grad_norm(flat_or_params, max_norm):
+def clip_grad_norm(flat_or_params, max_norm, total=None):
     """Scale the gradients in place so that their global L2 norm is at most max_norm (a
-    FlatParameters or an iterable of Parameters); returns the norm before clipping."""
+    FlatParameters, a FlatShard or an iterable of Parameters); returns the norm before
+    clipping. `total`: that norm when already known (a shard's: the global one)."""
     if max_norm <= 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    flat_or_params = flat_or_params if isinstance(flat_or_params, FlatParameters) \
+    flat_or_params = flat_or_params if isinstance(flat_or_params, FLAT) \
         else list(flat_or_params)
-    total = grad_norm(flat_or_params)
+    if total is None:
+        total = grad_norm(flat_or_params)
     coefficient = min(max_norm / (total + EPS), 1.0)  # NaN stays NaN, as in torch
     if coefficient < 1.0 or math.isnan(coefficient):
-        grads = [flat_or_params.grad] if isinstance(flat_or_params, FlatParameters) \
+        grads = [flat_or_params.grad] if isinstance(flat_or_params, FLAT) \
             else [p.grad for p in flat_or_params if p.requires_grad]
         for g in grads:
             g *= coefficient

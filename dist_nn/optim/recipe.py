@@ -21,8 +21,14 @@ from .scaler import LossScaler
 
 
 class StepRecipe:
-    def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0):
+    """`norm`: a function giving the synchronized gradient's global L2 norm, for an optimizer
+    whose flat buffer holds only this rank's shard of it (ZeRO-1: the shard's part plus one
+    allreduce); by default the norm of `optimizer.flat.grad`."""
+
+    def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0,
+                 norm=None):
         self.optimizer, self.clip = optimizer, clip_grad_norm
+        self.norm = norm or (lambda: grad_norm(optimizer.flat))
         flat = optimizer.flat
         self._autocast = nn.amp.Autocast(model, flat, amp) if amp != "off" else None
         self.scaler = LossScaler() if amp == "fp16" else None  # bfloat16 has float32's range
@@ -49,8 +55,9 @@ class StepRecipe:
         if self.scaler and self.scaler.finite is None:
             self.unscale()
         flat = self.optimizer.flat
-        norm = None if self.overflow else \
-            clip_grad_norm(flat, self.clip) if self.clip else grad_norm(flat)
+        norm = None if self.overflow else self.norm()
+        if norm is not None and self.clip:
+            clip_grad_norm(flat, self.clip, total=norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
