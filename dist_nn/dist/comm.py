@@ -103,7 +103,7 @@ class _MPIRequest:
 
     def wait(self):
         self.request.Wait()
-        if self.device_buf is not None and self.host_buf is not None:
+        if self.device_buf is not None:
             self.device_buf.set(self.host_buf)
             self.device_buf = None
 
@@ -121,15 +121,16 @@ class MPICommunicator:
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.cuda_aware = cuda_aware
-        self._pinned = {}  # (size, dtype) -> pinned host staging buffer
+        self._pinned = {}  # (slot, size, dtype) -> pinned host staging buffer
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
-    def _staged(self, buf, copy=True):
-        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI); one
-        staging buffer per device buffer, so that pending operations never share one."""
+    def _staged(self, buf, copy=True, slot=""):
+        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI). Buffers
+        in use at the same time take different `slot`s: a pending operation's include the
+        device address, so that two in flight never share one."""
         if self.cuda_aware or isinstance(buf, numpy.ndarray):
             return None
-        key = (buf.data.ptr, buf.size, buf.dtype.str)
+        key = (slot, buf.size, buf.dtype.str)
         if key not in self._pinned:
             import cupyx
             self._pinned[key] = cupyx.empty_pinned(buf.size, dtype=buf.dtype)
@@ -146,7 +147,7 @@ class MPICommunicator:
             buf.set(host)
 
     def iallreduce(self, buf):
-        host = self._staged(buf)
+        host = self._staged(buf, slot=_address(buf))
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf if host is None else host,
                                        op=self.MPI.SUM)
         return _MPIRequest(request, None if host is None else buf, host)
@@ -154,25 +155,35 @@ class MPICommunicator:
     def _counts(self, n):
         return [end - start for start, end in chunk_bounds(n, self.size)]
 
-    def ireduce_scatter(self, buf, out):
-        host_in, host_out = self._staged(buf), self._staged(out, copy=False)
+    def _reduce_scatter(self, buf, out, pending):
+        slot = _address(buf) if pending else ""
+        host_in, host_out = self._staged(buf, slot=slot), \
+            self._staged(out, copy=False, slot=(slot, "out"))
         request = self.comm.Ireduce_scatter(buf if host_in is None else host_in,
                                             out if host_out is None else host_out,
                                             self._counts(buf.size), op=self.MPI.SUM)
         return _MPIRequest(request, None if host_out is None else out, host_out)
 
-    def reduce_scatter(self, buf, out):
-        self.ireduce_scatter(buf, out).wait()
+    def ireduce_scatter(self, buf, out):
+        return self._reduce_scatter(buf, out, pending=True)
 
-    def iallgather(self, chunk, buf):
-        host_in, host_out = self._staged(chunk), self._staged(buf, copy=False)
+    def reduce_scatter(self, buf, out):
+        self._reduce_scatter(buf, out, pending=False).wait()
+
+    def _allgather(self, chunk, buf, pending):
+        slot = _address(buf) if pending else ""
+        host_in, host_out = self._staged(chunk, slot=(slot, "in")), \
+            self._staged(buf, copy=False, slot=slot)
         counts = self._counts(buf.size)
         request = self.comm.Iallgatherv(chunk if host_in is None else host_in,
                                         [buf if host_out is None else host_out, counts])
         return _MPIRequest(request, None if host_out is None else buf, host_out)
 
+    def iallgather(self, chunk, buf):
+        return self._allgather(chunk, buf, pending=True)
+
     def allgather(self, chunk, buf):
-        self.iallgather(chunk, buf).wait()
+        self._allgather(chunk, buf, pending=False).wait()
 
     def bcast(self, buf, root=0):
         host = self._staged(buf)
@@ -313,6 +324,11 @@ class NCCLCommunicator(MPICommunicator):
             return super().bcast(buf, root)
         stream = backend.cupy.cuda.get_current_stream()
         self.nccl_comm.bcast(buf.data.ptr, buf.size, self._types[buf.dtype], root, stream.ptr)
+
+
+def _address(buf):
+    """The device address of a CuPy array (None for host arrays)."""
+    return None if isinstance(buf, numpy.ndarray) else buf.data.ptr
 
 
 def _check_op(op):

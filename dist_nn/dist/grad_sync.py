@@ -12,6 +12,9 @@ the global mean loss. Frozen parameters are not in the buffer and take no part.
 With average=False the division is left out, saving a pass over the gradients: for losses
 that are already each rank's share of the global mean (`loss.forward(..., mean_over=global
 batch size)`), the sum is the gradient of the global mean loss.
+
+ShardedGradSync (zero.py) is the ZeRO-1 counterpart: the same buckets and hooks, with a
+reduce-scatter per bucket instead of an allreduce.
 """
 import contextlib
 

@@ -38,9 +38,11 @@ class ShardedGradSync(GradSync):
 
     def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True):
         super().__init__(model, flat, comm, bucket_mb, overlap, average)
-        self.chunks = [[(start + a, start + b) for a, b in chunk_bounds(end - start, comm.size)]
-                       for start, end, _ in self.buckets]
-        self.shard = FlatShard(flat, [chunks[comm.rank] for chunks in self.chunks])
+        pieces = []
+        for start, end, _ in self.buckets:  # this rank's chunk of every bucket
+            begin, stop = chunk_bounds(end - start, comm.size)[comm.rank]
+            pieces.append((start + begin, start + stop))
+        self.shard = FlatShard(flat, pieces)
 
     def _start(self, b):
         start, end, _ = self.buckets[b]
