@@ -15,6 +15,7 @@ time: the median over all rounds of all launches (launches interleaved), in ms.
 """
 import argparse
 import datetime
+import faulthandler
 import json
 import statistics
 import sys
@@ -96,11 +97,16 @@ def theirs(name, zero, port, steps, rounds):
     times = [1 / r for r in rounds_of(step, torch_dist.barrier, steps, rounds)]
     state = sum(t.numel() * t.element_size() for s in local.state.values()
                 for t in s.values() if torch.is_tensor(t) and t.numel() > 1)  # not `step`
+    # DDP and ZeroRedundancyOptimizer go while the process group lives: destroyed after
+    # it, rank 0's hung in their destructors
+    del step, opt, local, twin
+    torch_dist.barrier()
     torch_dist.destroy_process_group()
     return comm, {"times": times, "state": state, "working": 0, "transient": None}
 
 
 def worker(args):
+    faulthandler.dump_traceback_later(1200, exit=True)  # a hung rank says where, and ends
     if args.library.startswith("torch"):
         comm, seen = theirs(args.model, args.library == "torch ZeRO", args.port, args.steps,
                             args.rounds)
