@@ -31,13 +31,17 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_ranks_equal_one_process_step_by_step(results, ranks, case):
     """float64, 20 steps; variants: even shards, an uneven last batch (rank r holds 3 - r
-    samples), 2 micro-batches of accumulation, a frozen layer, warmup + cosine schedule."""
+    samples), 2 micro-batches of accumulation, a frozen layer, warmup + cosine schedule,
+    clipping by the global gradient norm."""
     seen = results[ranks][case]
     assert len(seen["errors"]) == 20
     assert max(seen["errors"]) < 1e-10, seen["errors"]
     assert seen["state_error"] < 1e-10  # the gathered state is the unsharded one
     assert seen["ranks_identical"]
     assert seen["lr"][0] == seen["lr"][1]
+    assert seen["norm_error"] < 1e-10  # the global gradient norm, the same as unsharded
+    if case.endswith(":clip"):
+        assert seen["clipped"] >= 10  # clipping acted in most steps
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ buckets' reduce-scatters start during backward.
 """
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -33,10 +34,11 @@ OPTIMIZERS = {
     "rmsprop": lambda p: optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
     "adadelta": lambda p: optim.Adadelta(p, lr=1.0, weight_decay=1e-3),
 }
-# variant -> (micro-batches per step, uneven last steps, frozen first layer, lr schedule)
-VARIANTS = {"even": (1, False, False, False), "uneven": (1, True, False, False),
-            "accumulate": (2, False, False, False), "frozen": (1, False, True, False),
-            "schedule": (1, False, False, True)}
+# variant -> (micro-batches per step, uneven last steps, frozen first layer, lr schedule,
+# clipping of the global gradient norm)
+VARIANTS = {"even": (1, False, False, False, 0), "uneven": (1, True, False, False, 0),
+            "accumulate": (2, False, False, False, 0), "frozen": (1, False, True, False, 0),
+            "schedule": (1, False, False, True, 0), "clip": (1, False, False, False, 0.05)}
 # world size -> [(ranks, sharded)] of the resume chain's runs
 CHAINS = {2: [(2, True), (1, True), (2, False), (2, True)],
           4: [(4, True), (2, True), (3, False), (4, True)]}
@@ -46,7 +48,7 @@ GLOBAL_BATCH = 12  # divisible by every world size of the chains
 class Run:
     """A model, its (sharded or plain) optimizer and sync, and an optional cosine schedule."""
 
-    def __init__(self, comm, optimizer, shard, frozen=False, schedule=False):
+    def __init__(self, comm, optimizer, shard, frozen=False, schedule=False, clip=0.0):
         backend.seed(0)
         self.comm = comm
         self.model = models.build("mlp", SHAPE, 5, hidden=(16, 12), batch_norm=True,
@@ -63,6 +65,10 @@ class Run:
         self.schedules = [optim.Warmup(self.opt, 3, 0.1, after=optim.CosineDecay(
             self.opt, STEPS - 3))] if schedule else []
         self.loss = nn.SoftmaxCrossEntropy()
+        # the optimizer step, clipping the global norm (sharded: the shard's + an allreduce)
+        norm = (lambda: math.sqrt(self.sync.grad_sq_norm())) if shard else None
+        self.recipe = optim.StepRecipe(self.model, self.opt, clip_grad_norm=clip, norm=norm)
+        self.norms = []
 
     def step(self, step, sizes, micros=1):
         """One optimizer step on the global batch of `sizes` samples per rank."""
@@ -77,7 +83,7 @@ class Run:
                                   mean_over=total * micros / self.comm.size)
                 self.model.backward(self.loss.backward())
         self.sync.wait()
-        self.opt.step()
+        self.norms.append(self.recipe.step())
         for schedule in self.schedules:
             schedule.step()
 
@@ -99,10 +105,10 @@ def state_error(state, reference):
 
 
 def equivalence(comm, optimizer, variant):
-    micros, uneven, frozen, schedule = VARIANTS[variant]
+    micros, uneven, frozen, schedule, clip = VARIANTS[variant]
 
     def train(c, world, shard):
-        run = Run(c, optimizer, shard, frozen, schedule)
+        run = Run(c, optimizer, shard, frozen, schedule, clip)
         history = []
         for step in range(STEPS):
             sizes = rank_sizes(world) if uneven and step >= STEPS - 2 else [PER_RANK] * world
@@ -122,7 +128,9 @@ def equivalence(comm, optimizer, variant):
             "ranks_identical": all(np.array_equal(f, finals[0]) for f in finals),
             "shard_values": shard_values,
             "unsharded_values": sum(v.size for v in reference.opt.buffers.values()),
-            "lr": [run.opt.lr, reference.opt.lr]}
+            "lr": [run.opt.lr, reference.opt.lr],
+            "norm_error": relative(np.array(run.norms), np.array(reference.norms)),
+            "clipped": clip > 0 and sum(n > clip for n in reference.norms)}
 
 
 class RecordingComm:
