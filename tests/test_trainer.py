@@ -161,3 +161,11 @@ def test_fine_tuning_and_a_one_step_spike_run_to_the_end(tmp_path):
               if r["split"] == "train" and r.get("scope") != "epoch"}
     assert losses[3] > 3 * losses[1] and losses[40] < losses[1], losses
     assert "step 40 (train.max_steps)" in spiky.stdout
+
+
+def test_sharding_refuses_what_it_does_not_combine_with_yet(tmp_path):
+    for extra in ("train.amp=bf16", "train.ema_decay=0.9"):
+        with pytest.raises(ConfigError, match="optim.shard does not combine"):
+            Trainer(overrides=[f"log.run_dir={tmp_path / 'run'}", "optim.shard=true", extra,
+                               "model.name=mlp", "model.hidden=[8]", *QUIET],
+                    comm=LocalCommunicator()).fit()
