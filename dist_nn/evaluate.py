@@ -12,19 +12,21 @@ from .data import DataError, DistributedSampler, Loader, open_split
 
 
 def evaluate(model, batches, loss_fn, comm, num_classes=None):
-    """{"loss", "accuracy", "count"} over all ranks' batches (x, y, valid), in eval mode; with
-    num_classes also "confusion" (true label x predicted label counts)."""
+    """{"loss", "accuracy", "count"} over all ranks' batches (x, y, valid), in eval mode and
+    under nn.no_grad() (no layer keeps backward state); with num_classes also "confusion"
+    (true label x predicted label counts)."""
     model.eval()
     totals = distributed.Totals(("loss", "correct"))
     confusion = numpy.zeros((num_classes or 1, num_classes or 1))
     for x, y, valid in batches:
         if valid == 0:
             continue
-        logits = model.forward(x[:valid])
-        y = y[:valid]
-        predicted = logits.argmax(axis=1)
-        totals.add(valid, loss=float(loss_fn.forward(logits, y, mean_over=1)),
-                   correct=int((predicted == y).sum()))
+        with nn.no_grad():
+            logits = model.forward(x[:valid])
+            y = y[:valid]
+            predicted = logits.argmax(axis=1)
+            totals.add(valid, loss=float(loss_fn.forward(logits, y, mean_over=1)),
+                       correct=int((predicted == y).sum()))
         if num_classes:
             numpy.add.at(confusion, (backend.to_host(y), backend.to_host(predicted)), 1)
     model.train()

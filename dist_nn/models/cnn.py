@@ -14,9 +14,11 @@ def cnn(input_shape, num_classes, channels=(32, 64), hidden=256, dropout=0.5, ba
     layers = []
     for out_channels in channels:
         layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm))
+        layers.append(nn.ReLU())
         if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels, comm=comm))
-        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            layers.insert(-1, nn.BatchNorm2d(out_channels, comm=comm))
+            nn.fuse_relu(*layers[-2:])
+        layers.append(nn.MaxPool2d(2))
         in_channels, height, width = out_channels, height // 2, width // 2
         if min(height, width) < 1:
             raise ValueError(f"cnn: input {input_shape} is too small for {len(channels)} "

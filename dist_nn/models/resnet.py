@@ -47,6 +47,7 @@ class BasicBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes, comm=comm)
         self.relu1 = nn.ReLU()
+        nn.fuse_relu(self.bn1, self.relu1)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes, comm=comm)
         self.relu2 = nn.ReLU()
@@ -83,6 +84,7 @@ def _resnet(input_shape, num_classes, widths, blocks, shortcut_kind, comm):
     layers = {"conv1": nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
               "bn1": nn.BatchNorm2d(widths[0], comm=comm),
               "relu": nn.ReLU()}
+    nn.fuse_relu(layers["bn1"], layers["relu"])
     in_planes = widths[0]
     for stage, planes in enumerate(widths):
         stride = 1 if stage == 0 else 2

@@ -9,11 +9,15 @@ Accuracy: each rank sums x - K with K its own batch mean (in the data's dtype), 
 sums see centred data, and only then forms sum x and sum x^2 in float64. The variance
 E[x^2] - E[x]^2 is thus taken in float64 and does not cancel even when |mean| >> std.
 
+Fusion: with `relu = True` (set by `fuse_relu`) the layer also applies the ReLU that follows
+it, whose module then passes through: one pass less each way, and with the compiled kernels
+(see kernels.py) forward and backward are two passes over memory each.
+
 Speed: per-channel coefficients are spread to (C*L,) rows, so that every element-wise pass
 broadcasts over the batch dimension only (NumPy's fast path).
 """
 from .. import backend
-from . import init
+from . import init, kernels
 from .module import Module, Parameter
 
 
@@ -31,6 +35,7 @@ class _BatchNorm(Module):
         self.running_mean = xp.zeros(num_features, dtype=backend.float_dtype)
         self.running_var = xp.ones(num_features, dtype=backend.float_dtype)
         self.num_batches_tracked = xp.zeros((), dtype=xp.int64)
+        self.relu = False
 
     @property
     def synced(self):
@@ -49,40 +54,54 @@ class _BatchNorm(Module):
         return xp.repeat(per_channel.astype(dtype, copy=False), self.length)
 
     def forward(self, x):
+        """Keeps one array for backward, x - K (fused with a ReLU, also the output, which is
+        the ReLU's and the next layer's anyway)."""
         xp = backend.get_array_module(x)
         self._check(x)
         n, c = x.shape[:2]
         self.length = x[0, 0].size
-        rows = x.reshape(n, -1)  # (N, C*L)
         x3 = x.reshape(n, c, self.length)
+        centred3 = xp.empty(x3.shape, dtype=x.dtype)  # x - K
         if self.training:
             shift = (xp.einsum("ncl->c", x3) * (1.0 / (n * self.length))).astype(x.dtype)
-        else:
-            shift = self.running_mean.astype(x.dtype)
-        self.centred = rows - self._spread(shift, x.dtype)  # x - K
-        centred3 = self.centred.reshape(x3.shape)
-        if self.training:
-            mean, var = self._batch_statistics(centred3, shift)
+            mean, var = self._batch_statistics(x3, shift, centred3)
             self._update_running_stats(mean, var * (self.count / (self.count - 1)))
         else:
+            shift = self.running_mean.astype(x.dtype)
+            xp.subtract(x3, shift[:, None], out=centred3)
             self.count, mean, var = None, self.running_mean, self.running_var
         # xhat = (x - mean) * inv_std = (centred - offset) * inv_std
-        self.offset = (mean - shift).astype(x.dtype)
-        self.inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
-        scale = self.inv_std if self.weight is None else self.weight.data * self.inv_std
-        shift_out = -self.offset * scale
+        offset = (mean - shift).astype(x.dtype)
+        inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype)
+        scale = inv_std if self.weight is None else self.weight.data * inv_std
+        shift_out = -offset * scale
         if self.bias is not None:
             shift_out += self.bias.data
-        y = self.centred * self._spread(scale, x.dtype)
-        y += self._spread(shift_out, x.dtype)
-        return y.reshape(x.shape)
+        y3 = xp.empty_like(centred3)
+        if kernels.usable(centred3, scale, shift_out, y3):
+            _normalize_kernel(centred3, scale, shift_out, self.relu, y3)
+        else:
+            y = xp.multiply(centred3.reshape(n, -1), self._spread(scale, x.dtype),
+                            out=y3.reshape(n, -1))
+            y += self._spread(shift_out, x.dtype)
+            if self.relu:
+                xp.maximum(y, 0, out=y)
+        self.keep(centred=centred3, y=y3 if self.relu else None)
+        self.offset, self.inv_std = offset, inv_std
+        return y3.reshape(x.shape)
 
-    def _batch_statistics(self, centred3, shift):
-        """(mean, biased variance) in float64 over the local or, synced, the global batch."""
-        xp = backend.get_array_module(centred3)
+    def _batch_statistics(self, x3, shift, centred3):
+        """(mean, biased variance) in float64 over the local or, synced, the global batch;
+        fills centred3 with x - shift."""
+        xp = backend.get_array_module(x3)
         c = self.num_features
-        s1 = xp.einsum("ncl->c", centred3).astype(xp.float64)
-        s2 = xp.einsum("ncl,ncl->c", centred3, centred3).astype(xp.float64)
+        if kernels.usable(x3, shift, centred3):
+            s1, s2 = xp.zeros(c), xp.zeros(c)
+            _centre_and_sum_kernel(x3, shift, centred3, s1, s2)
+        else:
+            xp.subtract(x3, shift[:, None], out=centred3)
+            s1 = xp.einsum("ncl->c", centred3).astype(xp.float64)
+            s2 = xp.einsum("ncl,ncl->c", centred3, centred3).astype(xp.float64)
         k = shift.astype(xp.float64)
         local = centred3.shape[0] * centred3.shape[2]
         stats = xp.empty(2 * c + 1, dtype=xp.float64)
@@ -111,8 +130,17 @@ class _BatchNorm(Module):
         xp = backend.get_array_module(dy)
         c, dtype = self.num_features, dy.dtype
         dy3 = dy.reshape(dy.shape[0], c, self.length)
-        sum_dy = xp.einsum("ncl->c", dy3).astype(xp.float64)
-        sum_dy_centred = xp.einsum("ncl,ncl->c", dy3, self.centred.reshape(dy3.shape))
+        centred3 = self.kept(self.centred)
+        y3 = self.y if self.relu else dy3  # the ReLU's derivative comes from its output
+        fast = kernels.usable(dy3, centred3, y3)
+        if fast:
+            sum_dy, sum_dy_centred = xp.zeros(c), xp.zeros(c)
+            _backward_sums_kernel(dy3, centred3, y3, self.relu, sum_dy, sum_dy_centred)
+        else:
+            if self.relu:
+                dy3 = dy3 * (y3 > 0)
+            sum_dy = xp.einsum("ncl->c", dy3).astype(xp.float64)
+            sum_dy_centred = xp.einsum("ncl,ncl->c", dy3, centred3)
         sums = xp.empty(2 * c, dtype=xp.float64)
         sums[:c] = sum_dy
         sums[c:] = self.inv_std * (sum_dy_centred - self.offset * sum_dy)  # sum dy * xhat
@@ -120,25 +148,103 @@ class _BatchNorm(Module):
             self.bias.grad += sums[:c].astype(dtype)
             self.weight.grad += sums[c:].astype(dtype)
         gain = self.inv_std if self.weight is None else self.weight.data * self.inv_std
-        rows = dy.reshape(dy.shape[0], -1)
-        if self.count is None:  # eval: the statistics are constants, y is affine in x
-            return (rows * self._spread(gain, dtype)).reshape(dy.shape)
-        if self.synced:
-            self.comm.allreduce(sums)
-        mean_dy = sums[:c] / self.count
-        mean_dy_xhat = sums[c:] / self.count
-        # dx = gain * (dy - mean(dy) - xhat * mean(dy xhat)), means over the global batch,
-        #    = gain * dy + slope * centred + constant, with xhat = (centred - offset) * inv_std
-        slope = -gain * mean_dy_xhat * self.inv_std
-        constant = -gain * mean_dy - slope * self.offset
-        dx = rows * self._spread(gain, dtype)
-        dx += self.centred * self._spread(slope, dtype)
-        dx += self._spread(constant, dtype)
-        return dx.reshape(dy.shape)
+        slope = xp.zeros(c, dtype=dtype)  # eval: the statistics are constants, y is affine in x
+        constant = xp.zeros(c, dtype=dtype)
+        if self.count is not None:
+            if self.synced:
+                self.comm.allreduce(sums)
+            mean_dy = sums[:c] / self.count
+            mean_dy_xhat = sums[c:] / self.count
+            # dx = gain * (dy - mean(dy) - xhat * mean(dy xhat)), means over the global batch,
+            #    = gain * dy + slope * centred + constant, with xhat = (centred - offset) * inv_std
+            slope = (-gain * mean_dy_xhat * self.inv_std).astype(dtype)
+            constant = (-gain * mean_dy - slope * self.offset).astype(dtype)
+        dx3 = xp.empty(dy3.shape, dtype=dtype)
+        if fast:
+            _input_grad_kernel(dy3, centred3, y3, self.relu, gain.astype(dtype), slope, constant,
+                               dx3)
+            return dx3.reshape(dy.shape)
+        rows = dy3.reshape(len(dy3), -1)
+        dx = xp.multiply(rows, self._spread(gain, dtype), out=dx3.reshape(rows.shape))
+        if self.count is not None:
+            dx += centred3.reshape(rows.shape) * self._spread(slope, dtype)
+            dx += self._spread(constant, dtype)
+        return dx3.reshape(dy.shape)
 
     def extra_repr(self):
         sync = ", sync" if self.comm is not None else ""
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{sync}"
+        relu = ", then ReLU" if self.relu else ""
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}{sync}{relu}"
+
+
+# --- compiled kernels (`fast` extra), each the formula above in one pass over memory -------------
+@kernels.compiled
+def _centre_and_sum_kernel(x3, shift, centred3, s1, s2):
+    """centred3 = x3 - shift (per channel); adds sum centred, sum centred^2 into s1, s2."""
+    n, c, length = x3.shape
+    for i in range(n):
+        for ch in range(c):
+            k, a, b = shift[ch], 0.0, 0.0
+            for j in range(length):
+                v = x3[i, ch, j] - k
+                centred3[i, ch, j] = v
+                a += v
+                b += v * v
+            s1[ch] += a
+            s2[ch] += b
+
+
+@kernels.compiled
+def _normalize_kernel(centred3, scale, shift_out, relu, y3):
+    """y3 = centred3 * scale + shift_out (per channel), then max(., 0) when relu."""
+    n, c, length = centred3.shape
+    for i in range(n):
+        for ch in range(c):
+            a, b = scale[ch], shift_out[ch]
+            for j in range(length):
+                v = centred3[i, ch, j] * a + b
+                if relu and v < 0:
+                    y3[i, ch, j] = 0
+                else:
+                    y3[i, ch, j] = v
+
+
+@kernels.compiled
+def _backward_sums_kernel(dy3, centred3, y3, relu, s1, s2):
+    """Adds sum dy', sum dy' * centred per channel into s1, s2; dy' is dy masked by y > 0
+    when relu."""
+    n, c, length = dy3.shape
+    for i in range(n):
+        for ch in range(c):
+            a, b = 0.0, 0.0
+            for j in range(length):
+                if not relu or y3[i, ch, j] > 0:
+                    a += dy3[i, ch, j]
+                    b += dy3[i, ch, j] * centred3[i, ch, j]
+            s1[ch] += a
+            s2[ch] += b
+
+
+@kernels.compiled
+def _input_grad_kernel(dy3, centred3, y3, relu, gain, slope, constant, dx3):
+    """dx3 = gain * dy' + slope * centred + constant (per channel), dy' as above."""
+    n, c, length = dy3.shape
+    for i in range(n):
+        for ch in range(c):
+            a, b, k = gain[ch], slope[ch], constant[ch]
+            for j in range(length):
+                v = b * centred3[i, ch, j] + k
+                if not relu or y3[i, ch, j] > 0:
+                    v += a * dy3[i, ch, j]
+                dx3[i, ch, j] = v
+
+
+def fuse_relu(norm, relu):
+    """Let BatchNorm `norm` apply the ReLU module `relu` that always runs right after it (for
+    model builders): `relu` then passes through. Both modules stay, with their names and
+    state; only the work moves, saving a pass each way."""
+    norm.relu = True
+    relu.fused = True
 
 
 class BatchNorm1d(_BatchNorm):

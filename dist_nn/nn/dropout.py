@@ -21,9 +21,10 @@ class Dropout(Module):
         rng = self.rng if self.rng is not None else backend.generator("dropout")
         draw = x.dtype if x.dtype.itemsize >= 4 else "float32"  # no half-precision draws
         keep = rng.random(x.shape, dtype=draw) >= self.p
-        self.scaled_mask = keep.astype(x.dtype)
-        self.scaled_mask *= 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0
-        return x * self.scaled_mask
+        scaled_mask = keep.astype(x.dtype)
+        scaled_mask *= 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0
+        self.keep(scaled_mask=scaled_mask)
+        return x * scaled_mask
 
     def backward(self, dy):
         return dy if self.scaled_mask is None else dy * self.scaled_mask

@@ -18,14 +18,14 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expects input (N, {self.in_features}), "
                              f"got shape {tuple(x.shape)}")
-        self.x = x
+        self.keep(x=x)
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
         return y
 
     def backward(self, dy):
-        self.weight.grad += dy.T @ self.x
+        self.weight.grad += dy.T @ self.kept(self.x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
         return dy @ self.weight.data if self.input_grad else None
@@ -50,11 +50,11 @@ class Maxout(Linear):
         xp = backend.get_array_module(x)
         z = super().forward(x).reshape(len(x), self.out_features, self.pieces)
         # one-hot of the first maximal piece: the gradient goes to exactly one piece
-        self.winner = xp.arange(self.pieces) == z.argmax(axis=2)[..., None]
+        self.keep(winner=xp.arange(self.pieces) == z.argmax(axis=2)[..., None])
         return z.max(axis=2)
 
     def backward(self, dy):
-        return super().backward((self.winner * dy[..., None]).reshape(len(dy), -1))
+        return super().backward((self.kept(self.winner) * dy[..., None]).reshape(len(dy), -1))
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, pieces={self.pieces}"

@@ -9,6 +9,7 @@ Losses compute in at least float32: half-precision predictions (mixed precision)
 and backward returns d loss / d prediction in that compute dtype.
 """
 from .. import backend
+from .module import grad_enabled
 
 
 def at_least_float32(x):
@@ -43,7 +44,8 @@ class SoftmaxCrossEntropy:
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_sum_exp = xp.log(xp.exp(shifted).sum(axis=1))
         rows = xp.arange(n)
-        self.probs = xp.exp(shifted - log_sum_exp[:, None])
+        if grad_enabled():  # the probabilities only serve backward
+            self.probs = xp.exp(shifted - log_sum_exp[:, None])
         self.target, self.rows = target, rows
         self.scale = 1.0 / (n if mean_over is None else mean_over)
         e = self.label_smoothing

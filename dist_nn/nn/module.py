@@ -5,8 +5,33 @@ A Module computes `forward(x) -> y` and, from the gradient of the loss with resp
 needs is cached on the instance during forward. Parameters, buffers and child modules are
 plain attributes; their names (dotted for children, `0, 1, ...` in a Sequential) follow
 PyTorch's so that state dicts move between the two.
+
+Inside `no_grad()` (evaluation, inference) forward keeps nothing for backward: `keep` stores
+None instead of the arrays, so activation memory is that of one layer at a time.
 """
+import contextlib
+import threading
+
 from .. import backend
+
+_state = threading.local()  # a context manager entered in one thread, as torch.no_grad
+
+
+def grad_enabled():
+    """False inside `no_grad()`: forward passes keep nothing for backward."""
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Forward passes in this block keep nothing that only backward needs (as torch.no_grad);
+    a backward after such a forward raises."""
+    saved = grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = saved
 
 
 class Parameter:
@@ -52,6 +77,20 @@ class Module:
 
     def __call__(self, x):
         return self.forward(x)
+
+    def keep(self, **arrays):
+        """Cache what backward needs, as attributes; inside no_grad() drop them instead (None),
+        so that no array stays alive for a backward that will not come."""
+        enabled = grad_enabled()
+        for name, value in arrays.items():
+            object.__setattr__(self, name, value if enabled else None)
+
+    def kept(self, value):
+        """`value` (a kept array), or a clear error when forward ran inside no_grad()."""
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward after a forward inside "
+                               "nn.no_grad(): nothing was kept for it")
+        return value
 
     # --- structure ---------------------------------------------------------------------
     def named_children(self):

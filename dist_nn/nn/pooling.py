@@ -4,7 +4,7 @@ Max and average pooling loop over the kh*kw kernel offsets, each a strided view 
 padded input, so memory stays at the size of the output and any stride/padding works.
 """
 from .. import backend
-from .module import Module
+from .module import Module, grad_enabled
 from .windows import check_image, offset_slice, out_size, pad, pair, unpad
 
 
@@ -53,6 +53,11 @@ class MaxPool2d(_Pool2d):
         xp = backend.get_array_module(x)
         x_padded = self._pad(x)
         y = x_padded[self.offsets[0]].copy()
+        if not grad_enabled():  # the winners only serve backward
+            self.winner = None
+            for index in self.offsets[1:]:
+                xp.maximum(y, x_padded[index], out=y)
+            return y
         self.winner = xp.zeros(y.shape, dtype=xp.uint8)
         for t, index in enumerate(self.offsets[1:], start=1):
             tap = x_padded[index]
@@ -68,7 +73,7 @@ class MaxPool2d(_Pool2d):
         overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
         dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
         for t, index in enumerate(self.offsets):
-            share = dy * (self.winner == t)
+            share = dy * (self.kept(self.winner) == t)
             if overlapping:
                 dx_padded[index] += share
             else:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dist_nn import backend, models
+from dist_nn import backend, models, nn
 from dist_nn.models.resnet import PadShortcut
 from dist_nn.nn.gradcheck import check_gradients
 
@@ -130,3 +130,21 @@ def test_state_dict_round_trip_through_torch():
     # the "module." prefix of DistributedDataParallel checkpoints is dropped
     wrapped = {"module." + k: v for k, v in twin.state_dict().items()}
     assert set(torch_interop.from_torch(wrapped)) == set(model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet20"])
+def test_evaluation_under_no_grad_keeps_no_activations(name):
+    """After a training step every layer holds its backward state; a no_grad forward (as
+    dist_nn.evaluate runs) drops it: no module keeps an array with a batch dimension."""
+    model = models.build(name, (3, 16, 16), 4)
+    x = np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)
+
+    def kept_batch_arrays():
+        return [f"{prefix}.{key}" for prefix, m in model.named_modules()
+                for key, value in vars(m).items()
+                if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == len(x)]
+    model.forward(x)
+    assert kept_batch_arrays()
+    with nn.no_grad():
+        model.eval().forward(x)
+    assert kept_batch_arrays() == []

@@ -105,3 +105,32 @@ def test_float32_is_accurate_far_from_zero(offset):
         x64.var(axis=(0, 2, 3), keepdims=True) + bn.eps)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, expected, atol=5e-6)
+
+
+def run_pair(case, fused, compiled, dtype):
+    """y, dx and parameter gradients of a BatchNorm case followed by a ReLU, fused or not."""
+    inputs, _ = check.split_fixture(case)
+    bn, relu = check.build_loaded(case, inputs, dtype), nn.ReLU()
+    if fused:
+        nn.fuse_relu(bn, relu)
+    x, dy = inputs["x"].astype(dtype), inputs["dy"].astype(dtype)
+    with nn.kernels.using(compiled):
+        y = relu.forward(bn.forward(x)).copy()
+        dx = bn.backward(relu.backward(dy))
+    grads = [p.grad for p in bn.parameters()]
+    return [y, dx, *grads, bn.running_mean, bn.running_var]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("case", CASES)
+def test_fused_relu_and_compiled_kernels_equal_the_numpy_formula(case, dtype, tolerance):
+    """BatchNorm then ReLU: fused or not, compiled kernels (when numba is installed) or NumPy,
+    every path gives what the unfused NumPy formula (checked against PyTorch above) gives."""
+    reference = run_pair(case, fused=False, compiled=False, dtype=dtype)
+    paths = [(True, False)] + ([(False, True), (True, True)] if nn.kernels.numba else [])
+    for fused, compiled in paths:
+        for ours, expected in zip(run_pair(case, fused, compiled, dtype), reference):
+            assert ours.dtype == expected.dtype
+            scale = max(np.abs(expected).max(), 1.0)
+            np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance * scale,
+                                       err_msg=f"fused={fused} compiled={compiled}")

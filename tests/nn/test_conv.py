@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from dist_nn import backend, nn
+from dist_nn.nn import conv as conv_module
 
 from . import reference_check as check
 
@@ -56,3 +57,34 @@ def test_gradients_accumulate_over_backward_calls():
     conv.backward(dy)
     np.testing.assert_allclose(conv.weight.grad, 2 * once[0], rtol=1e-14)
     np.testing.assert_allclose(conv.bias.grad, 2 * once[1], rtol=1e-14)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_nhwc_layout_matches_torch(case, monkeypatch):
+    """Every case again with NHWC columns (the "auto" layout takes them from 32 channels)."""
+    monkeypatch.setattr(conv_module, "NHWC_FROM_CHANNELS", 1)
+    assert check.build_loaded(case, check.split_fixture(case)[0]).nhwc
+    check.check_against_fixture(case)
+    check.check_float32(case)
+    check.check_case_gradients(case)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_layouts_agree_on_a_wide_layer(layout):
+    """The two layouts on a 32-channel layer (where "auto" switches) give the same results."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((3, 32, 6, 5)), rng.standard_normal((3, 8, 3, 3))
+    results = []
+    for chosen in ("nchw", layout):
+        with backend.using("cpu", "float64"):
+            backend.seed(0)
+            conv = nn.Conv2d(32, 8, 3, stride=2, padding=1, layout=chosen)
+        results.append((conv.forward(x), conv.backward(dy), conv.weight.grad, conv.bias.grad))
+    for ours, reference in zip(*results):
+        np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-13)
+    assert nn.Conv2d(32, 8, 3).nhwc and not nn.Conv2d(16, 8, 3).nhwc
+
+
+def test_unknown_layout():
+    with pytest.raises(ValueError, match="Conv2d layout must be 'auto', 'nchw' or 'nhwc'"):
+        nn.Conv2d(3, 2, 3, layout="nchwc")

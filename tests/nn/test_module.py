@@ -160,3 +160,28 @@ def test_forward_hooks_see_the_output():
     layer.remove_forward_hook(hook)
     layer.forward(np.array([3.0]))
     assert len(seen) == 1 and "forward" not in vars(layer)
+
+
+def test_no_grad_keeps_nothing_for_backward_and_says_so():
+    model = small_cnn(nn)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    model.forward(x)  # a training forward keeps the arrays backward needs
+    assert model[0].x is x and model[1].centred is not None
+    assert nn.grad_enabled()
+    with nn.no_grad():
+        assert not nn.grad_enabled()
+        y = model.forward(x)
+    assert nn.grad_enabled()
+    np.testing.assert_allclose(y, model.forward(x), rtol=1e-6)  # the same values
+    with nn.no_grad():
+        model.forward(x)
+    assert model[0].x is None and model[1].centred is None and model[2].y is None
+    with pytest.raises(RuntimeError, match=r"Linear.backward after a forward inside nn.no_grad"):
+        model.backward(np.ones((2, 2), dtype=np.float32))
+
+
+def test_no_grad_is_restored_after_an_exception():
+    with pytest.raises(ValueError):
+        with nn.no_grad():
+            raise ValueError("inside")
+    assert nn.grad_enabled()
