@@ -2,9 +2,11 @@
 
 `window_view` is im2col without a copy: a strided view whose [:, :, i, j] is the image
 sampled at kernel offset (i, j). `add_window_grads` is its adjoint (col2im): it adds each
-offset's gradient back into the padded image.
+offset's gradient back into the padded image (with the `fast` extra, in one compiled pass
+instead of kh*kw strided additions).
 """
 from .. import backend
+from . import kernels
 
 
 def pair(v):
@@ -60,7 +62,21 @@ def offset_slice(i, j, stride, out_hw):
 
 def add_window_grads(dx_padded, dwindows, stride):
     """col2im: add dwindows (N, C, kh, kw, Ho, Wo) into dx_padded at the offsets they read."""
+    if kernels.usable(dx_padded, dwindows):
+        return _add_window_grads_kernel(dx_padded, dwindows, *stride)
     kh, kw, ho, wo = dwindows.shape[2:]
     for i in range(kh):
         for j in range(kw):
             dx_padded[offset_slice(i, j, stride, (ho, wo))] += dwindows[:, :, i, j]
+
+
+@kernels.compiled
+def _add_window_grads_kernel(dx_padded, dwindows, sh, sw):
+    n, c, kh, kw, ho, wo = dwindows.shape
+    for a in range(n):
+        for ch in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    for p in range(ho):
+                        for q in range(wo):
+                            dx_padded[a, ch, i + sh * p, j + sw * q] += dwindows[a, ch, i, j, p, q]

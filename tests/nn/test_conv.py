@@ -88,3 +88,17 @@ def test_layouts_agree_on_a_wide_layer(layout):
 def test_unknown_layout():
     with pytest.raises(ValueError, match="Conv2d layout must be 'auto', 'nchw' or 'nhwc'"):
         nn.Conv2d(3, 2, 3, layout="nchwc")
+
+
+@pytest.mark.skipif(nn.kernels.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_col2im_equals_numpy(case, dtype):
+    """The compiled scatter of column gradients (strided convolutions) against kh*kw NumPy
+    additions, on every case."""
+    inputs, _ = check.split_fixture(case)
+    results = []
+    for compiled in (False, True):
+        with nn.kernels.using(compiled):
+            results.append(check.our_outputs(case, inputs, dtype))
+    check.assert_matches(results[1], results[0], case.name, 1e-6 if dtype == "float32" else 1e-14)
