@@ -132,17 +132,20 @@ def _status_kib(field):
 
 def measure_memory(library, name, mode):
     """Peak resident growth (MiB) of one training step ("train") or one no-grad evaluation
-    forward of EVAL_BATCH samples ("eval"), in this (fresh) process."""
-    x, y = batch_for(name, EVAL_BATCH if mode == "eval" else None)
+    forward of EVAL_BATCH samples ("eval"), in this (fresh) process. A step on 2 samples runs
+    first, so that loading compiled code (numba's cache, oneDNN's) is not counted."""
     model = build_ours(name)
-    if library == "ours":
-        run = (ours_step(model, x, y) if mode == "train" else
-               lambda: _no_grad_forward(model.eval(), x))
-    else:
-        twin = to_torch_module(model)
-        tx = torch.from_numpy(x)
-        run = (torch_step(twin, x, y, "cpu") if mode == "train" else
-               lambda: torch.no_grad()(twin.eval())(tx))
+    twin = to_torch_module(model) if library == "torch" else None
+
+    def runner(x, y):
+        if library == "ours":
+            return (ours_step(model, x, y) if mode == "train" else
+                    lambda: _no_grad_forward(model.eval(), x))
+        return (torch_step(twin, x, y, "cpu") if mode == "train" else
+                lambda: torch.no_grad()(twin.eval())(torch.from_numpy(x)))
+    x, y = batch_for(name, EVAL_BATCH if mode == "eval" else None)
+    runner(x[:2], y[:2])()
+    run = runner(x, y)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set
     before = _status_kib("VmRSS")

@@ -10,6 +10,8 @@ Layout, per layer (inputs, outputs and weights stay NCHW / PyTorch's either way)
   cost more than they save.
 - "nhwc": columns (N*Ho*Wo, kh*kw*C), one GEMM for the whole batch; its (N*Ho*Wo, C_out)
   result is transposed back. Faster from 32 channels on (measured: bench/core_vs_torch.py).
+Columns are built for a slice of the batch at a time (COLUMN_BYTES), so their memory does not
+grow with the batch (evaluation at batch 256 would otherwise hold 150 MB of them).
 Input gradient: for stride 1 (and padding < kernel) it is itself a convolution (of dy, padded
 by k - 1 - p, with the flipped, in/out-swapped kernel), one more im2col and GEMM; otherwise the
 column gradients are scattered back (col2im), kh*kw strided additions.
@@ -20,6 +22,7 @@ from .module import Module, Parameter
 from .windows import add_window_grads, check_image, out_size, pad, pair, unpad, window_view
 
 NHWC_FROM_CHANNELS = 32  # "auto" layout: NHWC when in_channels reach this
+COLUMN_BYTES = 16 * 2**20  # columns are built for as many samples at a time as fit in this
 
 
 def im2col(x, kernel, stride, padding):
@@ -70,48 +73,57 @@ class Conv2d(Module):
         return w.transpose(2, 3, 1, 0).reshape(-1, self.out_channels) if self.nhwc else \
             w.reshape(self.out_channels, -1)
 
+    def _chunks(self, x_shape, kernel, channels):
+        """Slices of the batch whose columns (kh*kw*channels per output position) stay within
+        COLUMN_BYTES: the columns' memory is bounded whatever the batch size."""
+        n, _, h, w = x_shape
+        per_sample = kernel[0] * kernel[1] * channels * h * w * self.weight.data.itemsize
+        step = max(1, COLUMN_BYTES // per_sample)
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
     def forward(self, x):
         xp = backend.get_array_module(x)
         check_image(self, x, self.in_channels)
-        h, w = x.shape[2:]
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
             raise ValueError(f"Conv2d input {h}x{w} is smaller than its kernel {kh}x{kw} "
                              f"(padding {ph},{pw})")
         self.keep(x=x)
-        n = len(x)
-        if self.nhwc:
-            cols, out_hw = im2col_nhwc(x, self.kernel_size, self.stride, self.padding)
-            y2 = cols @ self._matrix()  # (N*Ho*Wo, C_out)
-            if self.bias is not None:
-                y2 += self.bias.data
-            return xp.ascontiguousarray(
-                y2.reshape(n, *out_hw, self.out_channels).transpose(0, 3, 1, 2))
-        cols, out_hw = im2col(x, self.kernel_size, self.stride, self.padding)
-        y = self._matrix() @ cols  # (N, C_out, Ho*Wo)
+        y = xp.empty((n, self.out_channels, out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)),
+                     dtype=x.dtype)
+        for part in self._chunks(y.shape, self.kernel_size, self.in_channels):
+            y[part] = self._convolve(x[part], self._matrix(), self.stride, self.padding)
         if self.bias is not None:
-            y += self.bias.data[:, None]
-        return y.reshape(n, self.out_channels, *out_hw)
+            y += self.bias.data[:, None, None]
+        return y
+
+    def _convolve(self, x, matrix, stride, padding):
+        """x convolved with a kernel of this layer's size, as the GEMM operand `matrix`."""
+        if self.nhwc:
+            cols, out_hw = im2col_nhwc(x, self.kernel_size, stride, padding)
+            y2 = cols @ matrix  # (n*Ho*Wo, channels out)
+            return y2.reshape(len(x), *out_hw, -1).transpose(0, 3, 1, 2)
+        cols, out_hw = im2col(x, self.kernel_size, stride, padding)
+        return (matrix @ cols).reshape(len(x), -1, *out_hw)
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
         x = self.kept(self.x)
-        n = len(dy)
-        if self.nhwc:
-            cols, _ = im2col_nhwc(x, self.kernel_size, self.stride, self.padding)
-            dy2 = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
-            self.weight.grad += (cols.T @ dy2).reshape(
-                *self.kernel_size, self.in_channels, self.out_channels).transpose(3, 2, 0, 1)
-            if self.bias is not None:
-                self.bias.grad += dy2.sum(axis=0)
-        else:
-            cols, _ = im2col(x, self.kernel_size, self.stride, self.padding)
-            dy3 = dy.reshape(n, self.out_channels, -1)
-            self.weight.grad += (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(
-                self.weight.shape)
-            if self.bias is not None:
-                self.bias.grad += dy3.sum(axis=(0, 2))
-        del cols
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+        grad = xp.zeros(self._matrix().shape, dtype=dy.dtype)
+        for part in self._chunks(dy.shape, self.kernel_size, self.in_channels):
+            if self.nhwc:
+                cols, _ = im2col_nhwc(x[part], self.kernel_size, self.stride, self.padding)
+                dy2 = dy[part].transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
+                grad += cols.T @ dy2
+            else:
+                cols, _ = im2col(x[part], self.kernel_size, self.stride, self.padding)
+                dy3 = dy[part].reshape(len(cols), self.out_channels, -1)
+                grad += (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+        self.weight.grad += (grad.reshape(*self.kernel_size, self.in_channels, -1).transpose(
+            3, 2, 0, 1) if self.nhwc else grad.reshape(self.weight.shape))
         if not self.input_grad:
             return None
         if self.stride == (1, 1) and all(p < k for p, k in zip(self.padding, self.kernel_size)):
@@ -123,25 +135,24 @@ class Conv2d(Module):
         xp = backend.get_array_module(dy)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C_in, C_out, ...)
-        full = (kh - 1 - ph, kw - 1 - pw)
-        if self.nhwc:
-            dy_cols, _ = im2col_nhwc(dy, self.kernel_size, (1, 1), full)
-            dx2 = dy_cols @ flipped.transpose(2, 3, 1, 0).reshape(-1, self.in_channels)
-            n, _, h, w = self.x.shape
-            return xp.ascontiguousarray(dx2.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
-        dy_cols, _ = im2col(dy, self.kernel_size, (1, 1), full)
-        return (flipped.reshape(self.in_channels, -1) @ dy_cols).reshape(self.x.shape)
+        matrix = flipped.transpose(2, 3, 1, 0).reshape(-1, self.in_channels) if self.nhwc else \
+            flipped.reshape(self.in_channels, -1)
+        dx = xp.empty(self.x.shape, dtype=dy.dtype)
+        for part in self._chunks(dx.shape, self.kernel_size, self.out_channels):
+            dx[part] = self._convolve(dy[part], matrix, (1, 1), (kh - 1 - ph, kw - 1 - pw))
+        return dx
 
     def _input_grad_by_col2im(self, dy):
         xp = backend.get_array_module(dy)
         n, _, h, w = self.x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_hw = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-        dy3 = dy.reshape(n, self.out_channels, -1)
-        dcols = (self.weight.data.reshape(self.out_channels, -1).T @ dy3).reshape(
-            n, self.in_channels, kh, kw, *out_hw)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        ho, wo = dy.shape[2:]
         dx_padded = xp.zeros((n, self.in_channels, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
-        add_window_grads(dx_padded, dcols, self.stride)
+        matrix = self.weight.data.reshape(self.out_channels, -1).T
+        for part in self._chunks(dy.shape, self.kernel_size, self.in_channels):
+            dy3 = dy[part].reshape(len(dx_padded[part]), self.out_channels, -1)
+            dcols = (matrix @ dy3).reshape(len(dy3), self.in_channels, kh, kw, ho, wo)
+            add_window_grads(dx_padded[part], dcols, self.stride)
         return xp.ascontiguousarray(unpad(dx_padded, self.padding))
 
     def extra_repr(self):

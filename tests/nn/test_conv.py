@@ -102,3 +102,22 @@ def test_compiled_col2im_equals_numpy(case, dtype):
         with nn.kernels.using(compiled):
             results.append(check.our_outputs(case, inputs, dtype))
     check.assert_matches(results[1], results[0], case.name, 1e-6 if dtype == "float32" else 1e-14)
+
+
+def test_columns_in_batch_slices_give_the_same_result(monkeypatch):
+    """Columns built a few samples at a time (COLUMN_BYTES) give what one slice gives."""
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 3, 6, 6)), rng.standard_normal((5, 4, 3, 3))
+    results = []
+    for column_bytes in (2**30, 1):  # one slice; one sample at a time
+        monkeypatch.setattr(conv_module, "COLUMN_BYTES", column_bytes)
+        for stride in (1, 2):
+            with backend.using("cpu", "float64"):
+                backend.seed(0)
+                conv = nn.Conv2d(3, 4, 3, stride=stride, padding=1)
+            y = conv.forward(x)
+            results.append((y, conv.backward(dy if stride == 2 else np.ones_like(y)),
+                            conv.weight.grad, conv.bias.grad))
+    for whole, sliced in zip(results[:2], results[2:]):
+        for a, b in zip(whole, sliced):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
