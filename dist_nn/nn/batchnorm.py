@@ -18,7 +18,7 @@ broadcasts over the batch dimension only (NumPy's fast path).
 """
 from .. import backend
 from . import init, kernels
-from .module import Module, Parameter
+from .module import Module, Parameter, grad_enabled
 
 
 class _BatchNorm(Module):
@@ -77,7 +77,8 @@ class _BatchNorm(Module):
         shift_out = -offset * scale
         if self.bias is not None:
             shift_out += self.bias.data
-        y3 = xp.empty_like(centred3)
+        # evaluation under no_grad keeps nothing: normalise x - K in place
+        y3 = centred3 if not (self.training or grad_enabled()) else xp.empty_like(centred3)
         if kernels.usable(centred3, scale, shift_out, y3):
             _normalize_kernel(centred3, scale, shift_out, self.relu, y3)
         else:
