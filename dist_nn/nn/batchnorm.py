@@ -215,13 +215,16 @@ def _backward_sums_kernel(dy3, centred3, y3, relu, s1, s2):
     """Adds sum dy', sum dy' * centred per channel into s1, s2; dy' is dy masked by y > 0
     when relu."""
     n, c, length = dy3.shape
+    zero = dy3.dtype.type(0)
     for i in range(n):
         for ch in range(c):
             a, b = 0.0, 0.0
             for j in range(length):
-                if not relu or y3[i, ch, j] > 0:
-                    a += dy3[i, ch, j]
-                    b += dy3[i, ch, j] * centred3[i, ch, j]
+                g = dy3[i, ch, j]
+                if relu:
+                    g = g if y3[i, ch, j] > 0 else zero
+                a += g
+                b += g * centred3[i, ch, j]
             s1[ch] += a
             s2[ch] += b
 
@@ -230,14 +233,15 @@ def _backward_sums_kernel(dy3, centred3, y3, relu, s1, s2):
 def _input_grad_kernel(dy3, centred3, y3, relu, gain, slope, constant, dx3):
     """dx3 = gain * dy' + slope * centred + constant (per channel), dy' as above."""
     n, c, length = dy3.shape
+    zero = dy3.dtype.type(0)
     for i in range(n):
         for ch in range(c):
             a, b, k = gain[ch], slope[ch], constant[ch]
             for j in range(length):
-                v = b * centred3[i, ch, j] + k
-                if not relu or y3[i, ch, j] > 0:
-                    v += a * dy3[i, ch, j]
-                dx3[i, ch, j] = v
+                g = dy3[i, ch, j]
+                if relu:
+                    g = g if y3[i, ch, j] > 0 else zero
+                dx3[i, ch, j] = a * g + b * centred3[i, ch, j] + k
 
 
 def fuse_relu(norm, relu):

@@ -23,8 +23,11 @@ _DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 def compiled(function):
     """numba.njit (cached on disk) when numba is installed; else the plain function, which
-    `usable` never lets run."""
-    return numba.njit(cache=True, nogil=True)(function) if numba is not None else function
+    `usable` never lets run. Sums may be reassociated (so that they vectorise); no other
+    fast-math assumption is made: NaN and Inf propagate as in NumPy."""
+    if numba is None:
+        return function
+    return numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(function)
 
 
 def use(enabled):
