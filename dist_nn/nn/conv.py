@@ -112,7 +112,7 @@ class Conv2d(Module):
         x = self.kept(self.x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
-        grad = xp.zeros(self._matrix().shape, dtype=dy.dtype)
+        grad = xp.zeros(self._matrix().shape, dtype=self.weight.grad.dtype)  # over slices
         for part in self._chunks(dy.shape, self.kernel_size, self.in_channels):
             if self.nhwc:
                 cols, _ = im2col_nhwc(x[part], self.kernel_size, self.stride, self.padding)
