@@ -37,14 +37,14 @@ class MetricsLog:
     no event files.
 
     Every write can fail (a full disk, a lost mount): a record that cannot be written is
-    rolled back to whole lines, the failure is said once through `warn` (until a write of that
-    file succeeds again), and training goes on. Writes are synchronous: no writer thread
+    rolled back to whole lines, the first failure of each file is said through `warn`, and
+    training goes on; later records are appended whenever they fit. Writes are synchronous: no writer thread
     that could die of a full disk.
     """
 
     def __init__(self, run_dir, tensorboard="auto", warn=print):
         self.run_dir, self.warn = Path(run_dir), warn
-        self.failing = set()  # files whose last write failed (said once)
+        self.failing = set()  # files a write has failed on (said once)
         self.jsonl, self.csv = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.csv"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events = _event_file(self.run_dir / "tensorboard", tensorboard)
@@ -72,10 +72,8 @@ class MetricsLog:
             if path not in self.failing:
                 self.failing.add(path)
                 self.warn(f"warning: could not write {path} ({fs.reason(error)}); "
-                          "training goes on, records are missing until it can write again",
+                          "training goes on, and records that do not fit are left out",
                           flush=True)
-        else:
-            self.failing.discard(path)
 
     def close(self):
         """Nothing stays open between writes; kept for `with` and for callers."""

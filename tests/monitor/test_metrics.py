@@ -142,7 +142,7 @@ def test_a_full_disk_is_said_once_and_leaves_whole_records(tiny_tmpfs):
         log.write(record(step=step, padding="x" * 200))
     said = sorted({w.split(" (")[0] for w in warnings})
     assert len(warnings) == len(said) >= 2  # once per file
-    assert all(w.endswith("records are missing until it can write again") for w in warnings)
+    assert all(w.endswith("records that do not fit are left out") for w in warnings)
     filler.unlink()
     log.write(record(step=40))
     log.close()
