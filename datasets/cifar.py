@@ -4,7 +4,9 @@ a directory of pickled batches, or the original .tar.gz read member by member (n
 Each batch is a pickled dict with bytes keys: b'data' uint8 (n, 3072), each row a 3x32x32
 image in CHW order, and the labels (b'labels'; b'fine_labels' / b'coarse_labels' for
 CIFAR-100). Pickle is used only here, in this one-off converter, because it is the format the
-data set is published in; unpickling can run code, so convert only files you trust. Training
+data set is published in. Unpickling can run code, so the batches are read by a restricted
+unpickler that admits only what the official batches hold (dicts, lists, bytes, numbers and
+NumPy arrays): a file that names anything else (os.system, ...) is refused unrun. Training
 never reads pickles: it reads the HDF5 file written here.
 
 The batches are read twice, one at a time: first to count and validate them (DatasetWriter lays
@@ -19,6 +21,23 @@ import numpy
 from .common import check_labels, write
 
 IMAGE_SHAPE = (3, 32, 32)
+# the only callables a CIFAR batch's pickle names: NumPy's array reconstruction (NumPy 1 and
+# 2 module names, pickle protocols 2 to 5) and Python 3's bytes encoding (protocol 2)
+ADMITTED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class HostilePickle(pickle.UnpicklingError):
+    """A pickle that names a callable no CIFAR batch holds."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in ADMITTED:
+            raise HostilePickle(f"it names {module}.{name}, which no CIFAR batch holds; "
+                                "refused without running it")
+        return super().find_class(module, name)
 SOURCES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
@@ -94,7 +113,9 @@ def _load(archive, name, key, classes):
     with archive.open(name) as f:
         where = archive.where(name)
         try:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+        except HostilePickle as error:
+            raise ValueError(f"{where}: not a CIFAR batch: {error}") from None
         except Exception as error:  # unpickling a damaged file can raise almost anything
             raise ValueError(f"{where}: truncated or not a pickled CIFAR batch "
                              f"({type(error).__name__}: {error})") from None

@@ -1,36 +1,34 @@
-"""Building a run's parts from its config: the run directory, the data path, augmentation,
-optimizer and schedules, and transfer learning (initial weights, frozen layers)."""
-import datetime
+"""Building a run's parts from its config: the data path, augmentation, optimizer and
+schedules, and transfer learning (initial weights, frozen layers). The run directory is
+run_dir.py's."""
 import os
 from pathlib import Path
 
 import h5py
 
-from . import checkpoint, config as configuration, dist, optim
-from .data import augment, digits
+from . import checkpoint, config as configuration, dist, fs, optim
+from .data import DataError, augment, digits, writer
+from .dist import raise_together
 
 CACHE = Path(os.environ.get("DIST_NN_CACHE", Path.home() / ".cache" / "dist_nn"))
 
 
-def prepare_run_dir(config):
-    """Create the run directory (log.run_dir, or runs/<timestamp>) and save the resolved
-    config in it; returns its path (called on rank 0)."""
-    run_dir = Path(config.log.run_dir or
-                   Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(configuration.to_toml(config))
-    return run_dir
-
-
 def data_path(path, comm):
     """The data files to read: `digits` is the embedded data set, built once per node into
-    the cache ($DIST_NN_CACHE, else ~/.cache/dist_nn) by the node's first rank."""
+    the cache ($DIST_NN_CACHE, else ~/.cache/dist_nn) by the node's first rank; the cache's
+    name carries the format version, so a file of an older format is never read."""
     if path != "digits":
         return path
-    cached = CACHE / "digits.h5"
+    cached = CACHE / f"digits-v{writer.FORMAT_VERSION}.h5"
+    error = None
     if comm.local_rank == 0 and not cached.exists():
-        digits.build(cached)
-    comm.barrier()
+        try:
+            digits.build(cached)
+        except (OSError, RuntimeError) as failure:  # h5py: either; all ranks stop alike
+            error = DataError(f"cannot build the digits data set in {CACHE}: "
+                              f"{fs.reason(failure)}; set "
+                              "DIST_NN_CACHE to a writable directory")
+    raise_together(comm, error, DataError)
     return str(cached)
 
 

@@ -5,11 +5,13 @@ Every key has a type, a default and a one-line description; `reference()` render
 README's configuration table, so documentation and code cannot drift apart.
 """
 import dataclasses
+import json
 import math
 import sys
 from dataclasses import dataclass, field, fields
 
 from . import models, optim
+from .valid import Check, above, at_least, items, off_or_above, text, within
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,10 +23,12 @@ class ConfigError(ValueError):
     """A configuration that cannot run: unknown key, wrong type, value out of range."""
 
 
-def option(default, help, choices=None):
-    """A config field: its default, a description, and (optionally) its allowed values."""
+def option(default, help, choices=None, check=None):
+    """A config field: its default, a description, and its valid values: `choices`, or a
+    `check` (a Check: a range, a list's items, text); only booleans need neither (their type
+    is their range). tests/test_config.py refuses a key that declares none."""
     factory = (lambda: type(default)(default)) if isinstance(default, (list, dict)) else None
-    meta = {"help": help, "choices": choices}
+    meta = {"help": help, "choices": choices, "check": check}
     if factory:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -36,72 +40,95 @@ SCHEDULES = tuple(optim.SCHEDULES)
 METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
 
 
+POSITIVE, NON_NEGATIVE, PROBABILITY = at_least(1), at_least(0), within(0, 1)
+WIDTHS = items(int, POSITIVE, nonempty=True)
+BUILDER = Check(lambda v: v in MODELS or (":" in v and "\0" not in v),
+                f"one of {', '.join(MODELS)}, or an import path \"package.module:function\"",
+                "vgg")
+KEYWORDS = Check(lambda v: all(k.isidentifier() for k in v),
+                 "a table of keyword arguments (names like width)", {"2x": 1})
+
+
 @dataclass
 class Model:
     name: str = option("cnn", "model builder: " + ", ".join(MODELS) + ", or your own as "
-                              "\"package.module:function\"")
+                              "\"package.module:function\"", check=BUILDER)
     options: dict = option({}, "keyword options of the builder (model.options.width=64); "
-                               "the built-in models also take the keys below")
-    dropout: float = option(0.3, "dropout probability of models with dropout (0 turns it off)")
+                               "the built-in models also take the keys below", check=KEYWORDS)
+    dropout: float = option(0.3, "dropout probability of models with dropout (0 turns it off)",
+                            check=within(0, 1, open_high=True))
     sync_bn: bool = option(True, "synchronise BatchNorm statistics across ranks")
-    hidden: list = option([512, 512], "mlp: hidden layer widths")
+    hidden: list = option([512, 512], "mlp: hidden layer widths", check=WIDTHS)
     activation: str = option("relu", "mlp: activation",
                              ("relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh"))
     batch_norm: bool = option(False, "mlp: BatchNorm1d after each hidden layer")
-    maxout_pieces: int = option(0, "mlp: > 0 makes each hidden layer a Maxout of that many pieces")
-    channels: list = option([32, 64], "cnn: channels of each conv-bn-relu-pool stage")
-    fc: int = option(128, "cnn: width of the fully connected layer")
+    maxout_pieces: int = option(0, "mlp: > 0 makes each hidden layer a Maxout of that many pieces",
+                                check=NON_NEGATIVE)
+    channels: list = option([32, 64], "cnn: channels of each conv-bn-relu-pool stage",
+                            check=WIDTHS)
+    fc: int = option(128, "cnn: width of the fully connected layer", check=POSITIVE)
     init_from: str = option("", "transfer learning: a checkpoint (or converted PyTorch state "
-                                "dict) whose matching weights initialise the model")
+                                "dict) whose matching weights initialise the model", check=text())
     freeze: list = option([], "transfer learning: parameter-name prefixes to freeze "
                               "(e.g. [\"conv1\", \"layer1\"]); frozen weights are not trained "
-                              "and not synchronised")
+                              "and not synchronised", check=items(str, text(nonempty=True)))
 
 
 @dataclass
 class Data:
-    path: str = option("digits", "an HDF5 file, a glob of shard files, or `digits` (embedded)")
+    path: str = option("digits", "an HDF5 file, a glob of shard files, or `digits` (embedded)",
+                       check=text(nonempty=True))
     batch_size: int = option(0, "samples per rank per step; 0: global_batch_size split "
-                                "among the ranks")
+                                "among the ranks", check=NON_NEGATIVE)
     global_batch_size: int = option(64, "samples per step over all ranks, when batch_size is "
-                                        "0: any world size then trains alike")
-    eval_batch_size: int = option(256, "samples per rank per evaluation batch")
-    cache_mb: int = option(512, "keep a split in memory when it fits this many MiB")
-    prefetch: int = option(2, "batches read ahead by the background reader")
+                                        "0: any world size then trains alike", check=POSITIVE)
+    eval_batch_size: int = option(256, "samples per rank per evaluation batch", check=POSITIVE)
+    cache_mb: int = option(512, "keep a split in memory when it fits this many MiB",
+                           check=NON_NEGATIVE)
+    prefetch: int = option(2, "batches read ahead by the background reader", check=POSITIVE)
 
 
 @dataclass
 class Augment:
     enabled: bool = option(False, "master switch for augmentation (training data only)")
-    flip: float = option(0.5, "probability of a horizontal flip")
-    crop: int = option(4, "pad-and-random-crop: translation by up to this many pixels")
-    rotate: float = option(0.0, "maximum rotation in degrees")
-    scale: float = option(0.0, "maximum relative zoom in or out")
-    brightness: float = option(0.0, "maximum brightness shift (normalised units)")
-    contrast: float = option(0.0, "maximum relative contrast change")
-    noise: float = option(0.0, "standard deviation of Gaussian noise (normalised units)")
-    cutout: int = option(0, "side of the square cut out (pixels)")
+    flip: float = option(0.5, "probability of a horizontal flip", check=PROBABILITY)
+    crop: int = option(4, "pad-and-random-crop: translation by up to this many pixels",
+                       check=NON_NEGATIVE)
+    rotate: float = option(0.0, "maximum rotation in degrees", check=within(0, 180))
+    scale: float = option(0.0, "maximum relative zoom in or out",
+                          check=within(0, 1, open_high=True))
+    brightness: float = option(0.0, "maximum brightness shift (normalised units)",
+                               check=NON_NEGATIVE)
+    contrast: float = option(0.0, "maximum relative contrast change", check=PROBABILITY)
+    noise: float = option(0.0, "standard deviation of Gaussian noise (normalised units)",
+                          check=NON_NEGATIVE)
+    cutout: int = option(0, "side of the square cut out (pixels)", check=NON_NEGATIVE)
     probability: float = option(0.5, "probability of each of rotate, scale, brightness/"
-                                     "contrast, noise and cutout")
-    taper_epochs: int = option(0, "strength tapers linearly to nothing over the last epochs")
+                                     "contrast, noise and cutout", check=PROBABILITY)
+    taper_epochs: int = option(0, "strength tapers linearly to nothing over the last epochs",
+                               check=NON_NEGATIVE)
 
 
 @dataclass
 class Optim:
     name: str = option("sgd", "optimizer", OPTIMIZERS)
-    lr: float = option(0.05, "learning rate (at the reference batch size if scale_lr)")
-    momentum: float = option(0.9, "momentum (sgd, rmsprop)")
+    lr: float = option(0.05, "learning rate (at the reference batch size if scale_lr)",
+                       check=NON_NEGATIVE)
+    momentum: float = option(0.9, "momentum (sgd, rmsprop)", check=NON_NEGATIVE)
     nesterov: bool = option(False, "Nesterov momentum (sgd)")
     weight_decay: float = option(5e-4, "L2 weight decay (decoupled in adamw); not on "
-                                       "biases and norm parameters")
-    l1: float = option(0.0, "L1 penalty; not on biases and norm parameters")
-    betas: list = option([0.9, 0.999], "adam, adamw: coefficients of the moment averages")
-    eps: float = option(1e-8, "adam, adamw, rmsprop: denominator term")
+                                       "biases and norm parameters", check=NON_NEGATIVE)
+    l1: float = option(0.0, "L1 penalty; not on biases and norm parameters", check=NON_NEGATIVE)
+    betas: list = option([0.9, 0.999], "adam, adamw: coefficients of the moment averages",
+                         check=items(float, within(0, 1, open_high=True), length=2))
+    eps: float = option(1e-8, "adam, adamw, rmsprop: denominator term", check=above(0))
     scale_lr: bool = option(False, "linear scaling rule: lr * global batch / reference_batch")
-    reference_batch: int = option(64, "the batch size lr is given for when scale_lr")
-    accumulate: int = option(1, "micro-batches whose gradients make one step")
+    reference_batch: int = option(64, "the batch size lr is given for when scale_lr",
+                                  check=POSITIVE)
+    accumulate: int = option(1, "micro-batches whose gradients make one step", check=POSITIVE)
     clip_grad_norm: float = option(0.0, "clip the synchronized gradient's global L2 norm to "
-                                        "this (after unscaling under amp; 0: off)")
+                                        "this (after unscaling under amp; 0: off)",
+                                   check=NON_NEGATIVE)
     shard: bool = option(False, "ZeRO-1: each rank keeps the optimizer state of its 1/N of "
                                 "the parameters (reduce-scatter, then allgather)")
 
@@ -109,54 +136,69 @@ class Optim:
 @dataclass
 class Schedule:
     name: str = option("cosine", "learning-rate schedule", SCHEDULES)
-    warmup_epochs: float = option(0.0, "linear warmup from warmup_start * lr (Goyal et al.)")
-    warmup_start: float = option(0.1, "lr factor at the start of the warmup")
-    step_epochs: float = option(10.0, "step: epochs between decays")
-    milestones: list = option([], "multistep: epochs of the decays")
-    gamma: float = option(0.1, "step, multistep: decay factor")
+    warmup_epochs: float = option(0.0, "linear warmup from warmup_start * lr (Goyal et al.)",
+                                  check=NON_NEGATIVE)
+    warmup_start: float = option(0.1, "lr factor at the start of the warmup", check=PROBABILITY)
+    step_epochs: float = option(10.0, "step: epochs between decays", check=above(0))
+    milestones: list = option([], "multistep: epochs of the decays",
+                              check=items(float, NON_NEGATIVE, ascending=True))
+    gamma: float = option(0.1, "step, multistep: decay factor", check=within(0, 1, open_low=True))
     decay: float = option(0.1, "exponential: k in lr exp(-k epochs); inverse_time: k in "
-                               "lr / (1 + k epochs)")
-    min_lr: float = option(0.0, "cosine: final learning rate; plateau: lower bound")
-    plateau_factor: float = option(0.1, "plateau: lr factor when the metric stalls")
-    plateau_patience: int = option(3, "plateau: epochs without improvement before a cut")
+                               "lr / (1 + k epochs)", check=NON_NEGATIVE)
+    min_lr: float = option(0.0, "cosine: final learning rate; plateau: lower bound",
+                           check=NON_NEGATIVE)
+    plateau_factor: float = option(0.1, "plateau: lr factor when the metric stalls",
+                                   check=within(0, 1, open_low=True, open_high=True))
+    plateau_patience: int = option(3, "plateau: epochs without improvement before a cut",
+                                   check=NON_NEGATIVE)
     plateau_metric: str = option("val_loss", "plateau: the metric watched", METRICS)
-    momentum_start: float = option(0.0, "if > 0: momentum ramps from it to optim.momentum")
-    momentum_epochs: float = option(5.0, "length of the momentum ramp")
+    momentum_start: float = option(0.0, "if > 0: momentum ramps from it to optim.momentum",
+                                   check=within(0, 1, open_high=True))
+    momentum_epochs: float = option(5.0, "length of the momentum ramp", check=above(0))
 
 
 @dataclass
 class Train:
-    epochs: int = option(20, "epochs to train (stop after epochs or max_steps)")
-    max_steps: int = option(0, "if > 0: stop after this many optimizer steps")
-    seed: int = option(0, "one seed for initialisation, shuffling, augmentation and dropout")
+    epochs: int = option(20, "epochs to train (stop after epochs or max_steps)",
+                         check=NON_NEGATIVE)
+    max_steps: int = option(0, "if > 0: stop after this many optimizer steps", check=NON_NEGATIVE)
+    seed: int = option(0, "one seed for initialisation, shuffling, augmentation and dropout",
+                       check=NON_NEGATIVE)
     dtype: str = option("float32", "float dtype of parameters and activations",
                         ("float32", "float64"))
     device: str = option("auto", "where arrays live", ("auto", "cpu", "gpu"))
     comm: str = option("auto", "communicator", ("auto", "local", "mpi", "nccl"))
-    bucket_mb: float = option(25.0, "gradient allreduce bucket size")
+    bucket_mb: float = option(25.0, "gradient allreduce bucket size", check=above(0))
     overlap: bool = option(True, "start each bucket's allreduce during backward")
     watchdog_s: float = option(300.0, "abort the job, naming the missing ranks, when a "
-                                      "collective waits longer than this (0 turns it off)")
+                                      "collective waits longer than this (0 turns it off)",
+                               check=NON_NEGATIVE)
     early_stopping_patience: int = option(0, "if > 0: stop after this many epochs without "
-                                             "improvement of early_stopping_metric")
+                                             "improvement of early_stopping_metric",
+                                          check=NON_NEGATIVE)
     early_stopping_metric: str = option("val_loss", "metric watched by early stopping", METRICS)
-    early_stopping_min_delta: float = option(0.0, "smallest change that counts as improvement")
+    early_stopping_min_delta: float = option(0.0, "smallest change that counts as improvement",
+                                             check=NON_NEGATIVE)
     explosion_factor: float = option(3.0, "stop when the loss exceeds this many times its "
-                                          "initial value (0 turns the guard off)")
+                                          "initial value (0 turns the guard off)",
+                                     check=off_or_above(1))
     overfit_samples: int = option(0, "debug: train on this many samples only, until 100% "
-                                     "training accuracy")
+                                     "training accuracy", check=NON_NEGATIVE)
     amp: str = option("off", "mixed precision: forward and backward in float16 (dynamic "
                              "loss scaling) or bfloat16 over float32 master weights",
                       ("off", "fp16", "bf16"))
-    label_smoothing: float = option(0.0, "cross-entropy label smoothing (0: off)")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing (0: off)",
+                                    check=within(0, 1, open_high=True))
     ema_decay: float = option(0.0, "exponential moving average of the weights, used for "
-                                   "validation, best.h5 and evaluation (0: off; e.g. 0.999)")
+                                   "validation, best.h5 and evaluation (0: off; e.g. 0.999)",
+                              check=within(0, 1, open_high=True))
 
 
 @dataclass
 class Checkpoint:
-    every_steps: int = option(0, "save every this many steps (0: at the end of each epoch)")
-    keep: int = option(3, "how many of the newest checkpoints rank 0 keeps")
+    every_steps: int = option(0, "save every this many steps (0: at the end of each epoch)",
+                              check=NON_NEGATIVE)
+    keep: int = option(3, "how many of the newest checkpoints rank 0 keeps", check=POSITIVE)
     keep_best: bool = option(True, "also keep the best by best_metric as best.h5")
     best_metric: str = option("val_accuracy", "what `best` means", METRICS)
 
@@ -164,11 +206,15 @@ class Checkpoint:
 @dataclass
 class Log:
     run_dir: str = option("", "the run directory (default: runs/<timestamp>); `--resume "
-                              "auto` resumes from its newest valid checkpoint")
-    every_steps: int = option(10, "write a training record every this many steps")
+                              "auto` resumes from its newest valid checkpoint", check=text())
+    overwrite: bool = option(False, "a fresh run may take a run directory holding another "
+                                    "run's checkpoints (they are deleted); false: refused")
+    every_steps: int = option(10, "write a training record every this many steps",
+                              check=POSITIVE)
     tensorboard: str = option("auto", "TensorBoard event files", ("auto", "on", "off"))
     plots: bool = option(True, "write loss/accuracy/lr PNG plots at the end (needs matplotlib)")
-    debug_every: int = option(50, "--debug: steps between dead-ReLU and update/weight reports")
+    debug_every: int = option(50, "--debug: steps between dead-ReLU and update/weight reports",
+                              check=POSITIVE)
 
 
 @dataclass
@@ -248,6 +294,9 @@ def load(path=None, overrides=()):
                 text = f.read()
         except OSError as error:
             raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: "
+                              f"{error.object[error.start:error.start + 1]!r})") from None
     return loads(text, overrides, source=path or "config")
 
 
@@ -274,42 +323,24 @@ def loads(text, overrides=(), source="config"):
 
 
 def validate(config):
-    """Checks across keys and of ranges."""
-    positive = {"data.eval_batch_size": config.data.eval_batch_size,
-                "optim.reference_batch": config.optim.reference_batch,
-                "optim.accumulate": config.optim.accumulate, "checkpoint.keep": config.checkpoint.keep,
-                "log.every_steps": config.log.every_steps}
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    non_negative = {"train.epochs": config.train.epochs, "train.max_steps": config.train.max_steps,
-                    "optim.lr": config.optim.lr, "optim.weight_decay": config.optim.weight_decay,
-                    "data.batch_size": config.data.batch_size,
-                    "checkpoint.every_steps": config.checkpoint.every_steps}
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}")
-    if config.optim.clip_grad_norm < 0:
-        raise ConfigError(f"optim.clip_grad_norm must be >= 0 (0: off), got "
-                          f"{config.optim.clip_grad_norm}")
-    for name in ("label_smoothing", "ema_decay"):
-        if not 0.0 <= getattr(config.train, name) < 1.0:
-            raise ConfigError(f"train.{name} must be in [0, 1) (0: off), got "
-                              f"{getattr(config.train, name)}")
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
-    if config.data.batch_size == 0 and config.data.global_batch_size < 1:
-        raise ConfigError("set data.batch_size (per rank) or data.global_batch_size (>= 1)")
+    """Every key's declared range, then the checks across keys."""
+    for name, section in sections(config).items():
+        for f in fields(section):  # typed again: a Config may also be built in Python
+            value = _typed(name, f.name, getattr(section, f.name), f)
+            setattr(section, f.name, value)
+            check = f.metadata.get("check")
+            if check is not None and not check.accepts(value):
+                raise ConfigError(f"{name}.{f.name} must be {check.says}, got {value!r}")
     if config.train.epochs == 0 and config.train.max_steps == 0:
         raise ConfigError("nothing to train: set train.epochs or train.max_steps")
-    if ":" not in config.model.name and config.model.name not in MODELS:
-        raise ConfigError(f"model.name = {config.model.name!r} is not one of "
-                          f"{', '.join(MODELS)}, nor an import path \"package.module:function\"")
-    for name in ("hidden", "channels"):
-        values = getattr(config.model, name)
-        if not values or not all(isinstance(v, int) and v > 0 for v in values):
-            raise ConfigError(f"model.{name} must be a non-empty list of positive integers, "
-                              f"got {values}")
+
+
+def check_world_size(config, world_size):
+    """The checks that need the number of ranks: each rank needs a sample of every batch."""
+    if config.data.batch_size == 0 and config.data.global_batch_size < world_size:
+        raise ConfigError(f"data.global_batch_size = {config.data.global_batch_size} cannot "
+                          f"give each of {world_size} ranks a sample: raise it, or use fewer "
+                          "ranks")
 
 
 def check_metrics(config, has_val):
@@ -326,12 +357,28 @@ def check_metrics(config, has_val):
                               "lacks; watch train_loss or train_accuracy instead")
 
 
+def changes(saved, config):
+    """`key: old -> new` for each key whose value in the TOML document `saved` (e.g. a
+    checkpoint's config) differs from `config`'s, joined by "; " ("" when none differ)."""
+    def flat(document):
+        return {f"{name}.{key}": value for name, section in document.items()
+                if isinstance(section, dict) for key, value in section.items()}
+    try:
+        old = flat(tomllib.loads(saved))
+    except tomllib.TOMLDecodeError:
+        return "(the checkpoint's config is not readable TOML)"
+    new = flat(tomllib.loads(to_toml(config)))
+    show = lambda d, k: _literal(d[k]) if k in d else "(absent)"  # noqa: E731
+    return "; ".join(f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted({*old, *new},
+                     key=list({**new, **old}).index) if old.get(k) != new.get(k))
+
+
 def _literal(value):
     """A TOML literal of a config value."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # JSON's escapes are TOML's (control characters included)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -354,8 +401,9 @@ def reference():
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for name, section in sections(Config()).items():
         for f in fields(section):
-            choices = f.metadata.get("choices")
-            meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else "")
+            choices, check = f.metadata.get("choices"), f.metadata.get("check")
+            meaning = f.metadata["help"] + (f" (one of: {', '.join(choices)})" if choices else
+                                            f" (valid: {check.says})" if check else "")
             rows.append(f"| `{name}.{f.name}` | `{_literal(getattr(section, f.name))}` | "
                         f"{meaning.replace('|', '/')} |")
     return "\n".join(rows)

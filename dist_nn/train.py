@@ -17,9 +17,9 @@ import sys
 
 from . import config as configuration
 from . import dist as distributed
-from .data import DataError
+from .data import DataError, DataReadError
 from .monitor.guards import TrainingStopped
-from .trainer import EXIT_CONFIG, EXIT_STOPPED, Preempted, Trainer
+from .trainer import EXIT_CONFIG, EXIT_STOPPED, FinalCheckpointLost, Preempted, Trainer
 
 __all__ = ["EXIT_CONFIG", "EXIT_STOPPED", "main"]
 
@@ -65,6 +65,9 @@ def main(argv=None):
             raise error
         trainer.fit()
         return 0
+    except DataReadError as failure:  # this rank's read failed mid-run; the others cannot know
+        print(f"error: rank {comm.rank}: {failure}", file=sys.stderr, flush=True)
+        comm.abort(EXIT_CONFIG)
     except (configuration.ConfigError, DataError) as failure:  # alike on every rank: said once
         if comm.rank == 0:
             print(f"error: {failure}", file=sys.stderr)
@@ -73,6 +76,10 @@ def main(argv=None):
         if comm.rank == 0:
             print(f"stopped: {stop}", file=sys.stderr)
         return EXIT_STOPPED
+    except FinalCheckpointLost as lost:
+        if comm.rank == 0:
+            print(f"error: {lost.message}", file=sys.stderr)
+        return lost.code
     except Preempted as stop:
         return stop.code
 

@@ -16,11 +16,11 @@ import time
 
 import numpy
 
-from . import backend, checkpoint, config as configuration, models, nn, optim
+from . import backend, checkpoint, config as configuration, models, nn, optim, run_dir
 from . import dist as distributed
 from .dist.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer_and_sync,
-                    make_schedules, prepare_run_dir, transfer_weights)
+                    make_schedules, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
 from .evaluate import evaluate
 from .monitor import MetricsLog, Progress, plot_run
@@ -29,11 +29,21 @@ from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              write_debug_report)
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
+EXIT_UNSAVED = 4  # finished, but the final checkpoint could not be written
 
 
 class Preempted(SystemExit):
     """The run stopped after writing a checkpoint because a rank received a signal; its code
     is the exit status (75: requeue, 130: Ctrl-C). Uncaught, the process exits with it."""
+
+
+class FinalCheckpointLost(SystemExit):
+    """The run finished but its final checkpoint could not be written (a full disk): exit 4,
+    never 0, which promises the final checkpoint is on disk. `message` says what is."""
+
+    def __init__(self, message):
+        super().__init__(EXIT_UNSAVED)
+        self.message = message
 
 
 def plural(count, noun):
@@ -65,14 +75,17 @@ class Trainer:
         # position; best value of checkpoint.best_metric; early stopping's watched value, count
         self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "watched": None,
                       "stale": 0}
-        self.metrics, self.log = {}, None
+        self.metrics, self.log, self.run = {}, None, None
+        self.saved = {"step": None, "path": None, "error": None}  # the newest on disk (rank 0)
 
     # --- the run ---------------------------------------------------------------------------
     def fit(self):
         """Train to the end (epochs, max_steps, early stopping); returns a summary dict with
         run_dir, step, epoch, train_loss/train_accuracy and, with a validation split,
-        val_loss/val_accuracy. Raises ConfigError/DataError (bad input), TrainingStopped
-        (a guard) or Preempted (a signal, after a checkpoint)."""
+        val_loss/val_accuracy. Raises ConfigError/DataError (bad input; DataReadError: a read
+        that failed on this rank only), TrainingStopped (a guard), Preempted (a signal, after
+        a checkpoint) or FinalCheckpointLost (finished, but the final checkpoint is not on
+        disk)."""
         self.build()
         self.restore()
         try:
@@ -82,6 +95,8 @@ class Trainer:
         finally:
             if self.log is not None:
                 self.log.close()
+            if self.run is not None:
+                self.run.release()
         return {"run_dir": str(self.run_dir), "step": self.state["step"],
                 "epoch": self.state["epoch"], **self.metrics}
 
@@ -96,8 +111,9 @@ class Trainer:
     # --- building ----------------------------------------------------------------------------
     def build(self):
         backend.use(dtype=self.config.train.dtype)
-        self.run_dir = self.comm.bcast_obj(prepare_run_dir(self.config)
-                                           if self.comm.rank == 0 else None)
+        configuration.check_world_size(self.config, self.comm.size)
+        self.run = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)  # locked
+        self.run_dir = self.run.path
         self.say(f"run directory: {self.run_dir}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
         self.build_data()
@@ -105,7 +121,7 @@ class Trainer:
         self.build_optimizer()
         self.stopped_early = False
         self.log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
-            self.config.log.tensorboard]) if self.comm.rank == 0 else None
+            self.config.log.tensorboard], warn=self.say) if self.comm.rank == 0 else None
         self.started = time.perf_counter()
 
     def build_data(self):
@@ -192,8 +208,9 @@ class Trainer:
             where = checkpoint.restore(self.resume, self.run_dir, self.comm, self.model,
                                        self.opt, self.schedules, self.plateau, self.guard,
                                        self.state, self.global_batch, self.micro, self.say,
-                                       self.recipe)
+                                       self.recipe, self.config)
             if where:
+                self.saved.update(step=self.state["step"], path=where)
                 self.say(f"resumed from {where} at epoch {self.state['epoch']}, step "
                          f"{self.state['step']}")
         if self.debug:
@@ -319,8 +336,12 @@ class Trainer:
         distributed.finished()  # the other ranks may leave while rank 0 writes
         self.save()
         received = self.preemption.received or "signal on another rank"
+        written = f"checkpoint of step {self.state['step']} written" \
+            if self.saved["step"] == self.state["step"] else \
+            f"the checkpoint of step {self.state['step']} could not be written, the newest on " \
+            f"disk is {self.saved['path']}"
         self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
-                 f"checkpoint of step {self.state['step']} written; exiting with {code}"
+                 f"{written}; exiting with {code}"
                  + (" for the job script to requeue" if code == EXIT_PREEMPTED else ""),
                  flush=True)
         raise Preempted(code)
@@ -419,13 +440,26 @@ class Trainer:
         content = (self.model.state_dict(), optimizer_state, meta)
         try:
             if name is None:
-                checkpoint.save_step(self.run_dir / "checkpoints", state["step"], *content,
-                                     self.config.checkpoint.keep, ema)
+                path = checkpoint.save_step(self.run_dir / "checkpoints", state["step"],
+                                            *content, self.config.checkpoint.keep, ema)
+                self.saved.update(step=state["step"], path=str(path), error=None)
             else:
                 checkpoint.write(self.run_dir / "checkpoints" / name, *content, ema)
-        except OSError as error:
+        except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
+            self.saved["error"] = str(error)
             self.say(f"warning: could not write the checkpoint of step {state['step']} "
                      f"({error}); the previous checkpoints are intact", flush=True)
+
+    def missing_final_checkpoint(self):
+        """Why the last step has no checkpoint on disk (rank 0's verdict, on every rank), or
+        None when it has one."""
+        saved = self.comm.bcast_obj(self.saved if self.comm.rank == 0 else None)
+        if saved["step"] == self.state["step"]:
+            return None
+        newest = f"the newest on disk is {saved['path']}" if saved["path"] else \
+            "no checkpoint of this run is on disk"
+        return (f"the final checkpoint (step {self.state['step']}) could not be written "
+                f"({saved['error']}); {newest}")
 
     def finish(self):
         """The final checkpoint (when the last step did not write one), the final validation
@@ -435,11 +469,14 @@ class Trainer:
         if self.evaluation and "val_loss" not in self.metrics:
             seen = self.validate()
             self.say(f"final: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}")
+        missing = self.missing_final_checkpoint()
         distributed.finished()  # the last collective is behind: the others may leave
         if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
             try:
                 self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir)))
             except RuntimeError as error:
                 self.say(f"warning: no plots: {error}")
+        if missing:  # exit 4, never 0: 0 promises the final checkpoint is on disk
+            raise FinalCheckpointLost(missing)
         self.say(f"done: {plural(self.state['step'], 'step')}, "
                  f"{plural(self.state['epoch'], 'epoch')}; run directory {self.run_dir}")

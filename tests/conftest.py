@@ -14,3 +14,27 @@ def deterministic_cpu_backend():
     backend.seed(0)
     yield
     backend.use("cpu", "float32")
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """mount(size) -> a directory on a fresh tmpfs of `size` bytes (a real full disk to
+    fill), unmounted after the test; skipped unless the tests run as root."""
+    import os
+    import subprocess
+    mounted = []
+
+    def mount(size):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(where)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

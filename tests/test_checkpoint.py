@@ -86,3 +86,85 @@ def test_averaged_weights_round_trip_and_are_under_the_checksum(tmp_path):
         f["ema/1.weight"][0, 0] += 1.0
     with pytest.raises(checkpoint.CheckpointError, match="checksum does not match"):
         checkpoint.read(path)
+
+
+def test_pruning_counts_only_well_formed_step_files(tmp_path):
+    """A directory or a pipe named like a newer step checkpoint never pushes the real ones
+    out of the newest `keep`."""
+    import os
+    model, opt, meta = content()
+    (tmp_path / "step-999999998.h5").mkdir()
+    os.mkfifo(tmp_path / "step-999999999.h5")
+    (tmp_path / "step-12x.h5").write_text("")
+    for step in (10, 20):
+        checkpoint.save_step(tmp_path, step, model, opt, {**meta, "step": step}, keep=2)
+    assert [s for s, _ in checkpoint.step_checkpoints(tmp_path)] == [20, 10]
+    assert (tmp_path / "step-999999998.h5").is_dir()
+    assert [p.name for p in checkpoint.all_checkpoints(tmp_path)] == \
+        ["step-000000020.h5", "step-000000010.h5"]
+
+
+def test_a_checkpoint_without_its_checksum_is_refused(tmp_path):
+    import h5py
+    model, opt, meta = content()
+    for step in (10, 20):
+        checkpoint.save_step(tmp_path, step, model, opt, {**meta, "step": step}, keep=2)
+    with h5py.File(tmp_path / "step-000000020.h5", "a") as f:
+        del f.attrs["checksum"]
+    with pytest.raises(checkpoint.CheckpointError, match="has no checksum"):
+        checkpoint.read(tmp_path / "step-000000020.h5")
+    warnings = []
+    path, _ = checkpoint.newest_valid(tmp_path, warn=warnings.append)
+    assert path.name == "step-000000010.h5" and "has no checksum" in warnings[0]
+
+
+def test_forged_content_is_refused_before_use(tmp_path):
+    """Checksums prove integrity, not honesty: a file written to lie is checked too."""
+    import h5py
+    model, opt, meta = content()
+    path = checkpoint.write(tmp_path / "huge.h5", model, opt, meta)
+    with h5py.File(path, "a") as f:  # 8 TB declared, nothing stored
+        f["model"].create_dataset("huge", shape=(10**12,), dtype="f8", chunks=(1024,))
+    with pytest.raises(checkpoint.CheckpointError, match=r"model/huge declares \(1000000000000,\) "
+                                                         "but holds less data"):
+        checkpoint.read(path)
+    valid = {"epoch": 1, "step": 7, "samples": 64, "stale": 0, "world_size": 2, "best": None,
+             "watched": 0.5, "schedules": [{"t": 7, "base": 0.1}], "plateau": None,
+             "guard": {"initial": 2.3}, "config": ""}
+    checkpoint.check_meta(valid, "c.h5", epochs=1, max_steps=0)
+    for bad, message in [({"epoch": 10**6}, "at epoch 1000000, step 7, beyond this run's end"),
+                         ({"step": -1}, "step must be a count, got '-1'"),
+                         ({"best": float("nan")}, "best must be a number or null"),
+                         ({"schedules": "x"}, "schedules must be a list of objects")]:
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.check_meta({**valid, **bad}, "c.h5", epochs=20, max_steps=0)
+    with pytest.raises(checkpoint.CheckpointError, match="lacks the entry 'guard'"):
+        checkpoint.check_meta({k: v for k, v in valid.items() if k != "guard"}, "c.h5")
+
+
+def test_an_optimizer_state_sets_only_its_own_hyperparameters():
+    model, state, _ = content()
+    opt = optim.Adam(models.build("mlp", (4,), 3, hidden=(5,), batch_norm=True).parameters(),
+                     lr=0.1)
+    forged = {**state, "hyperparameters": {**state["hyperparameters"], "step": print}}
+    with pytest.raises(ValueError, match=r"names \['step'\], which are not hyper-parameters"):
+        opt.load_state_dict(forged)
+    forged = {**state, "hyperparameters": {**state["hyperparameters"], "lr": "0.1"}}
+    with pytest.raises(ValueError, match="lr must be a number"):
+        opt.load_state_dict(forged)
+    assert opt.step is not print and opt.lr == 0.1
+
+
+def test_a_full_disk_is_a_write_error_and_keeps_the_older_checkpoints(tiny_tmpfs):
+    """A real full file system: h5py fails with OSError or RuntimeError; both become one
+    CheckpointWriteError, and no partial file is left."""
+    import numpy
+    disk = tiny_tmpfs("256k")
+    model, opt, meta = content()
+    checkpoint.save_step(disk, 1, model, opt, meta, keep=3)
+    big = {"w": numpy.ones(200_000)}  # 1.6 MB
+    with pytest.raises(checkpoint.CheckpointWriteError, match="cannot write the checkpoint .*"
+                                                              "step-000000002.h5"):
+        checkpoint.save_step(disk, 2, big, None, meta, keep=3)
+    assert [p.name for p in disk.iterdir()] == ["step-000000001.h5"]
+    assert checkpoint.read(disk / "step-000000001.h5")[2]["step"] == 7

@@ -1,5 +1,6 @@
 """The typed configuration: files, overrides, validation, round trip, the README reference."""
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,15 @@ def test_round_trip_through_toml():
     (["train.epochs=2.5"], "train.epochs must be an integer, got 2.5"),
     (["model.sync_bn=yes"], "model.sync_bn must be true or false, got 'yes'"),
     (["model.hidden=64"], r"model.hidden must be a list like \[1, 2\], got 64"),
-    (["model.name=vgg"], "model.name = 'vgg' is not one of mlp, cnn, resnet20"),
+    (["model.name=vgg"], "model.name must be one of mlp, cnn, resnet20"),
     (["optim.lr=-1"], "optim.lr must be >= 0, got -1"),
     (["model.dropout=1.0"], r"model.dropout must be in \[0, 1\)"),
     (["train.epochs=0"], "nothing to train"),
     (["lr=0.1"], "must look like section.key=value"),
-    (["data.batch_size=0", "data.global_batch_size=0"], "set data.batch_size"),
+    (["data.global_batch_size=0"], "data.global_batch_size must be >= 1, got 0"),
+    (["train.explosion_factor=1"], r"train.explosion_factor must be 0 \(off\) or > 1, got 1.0"),
+    (["optim.betas=[0.9, 1.0]"], r"optim.betas must be a list of 2 numbers \(in \[0, 1\)\)"),
+    (["schedule.milestones=[20, 10]"], "in ascending order"),
 ])
 def test_bad_values_name_what_is_valid(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
@@ -52,7 +56,51 @@ def test_builder_options_from_toml_and_overrides_round_trip(tmp_path):
     assert config.Config().model.options == {}  # not shared between configs
 
 
+def every_key():
+    for name, section in config.sections(config.Config()).items():
+        for f in fields(section):
+            yield f"{name}.{f.name}", f
+
+
+@pytest.mark.parametrize("key, spec", list(every_key()), ids=lambda v: v if isinstance(v, str)
+                         else "")
+def test_every_key_declares_its_valid_values_and_refuses_a_bad_one(key, spec):
+    """Keys added later are covered too: each needs choices or a range check (booleans
+    have their type), and a value outside them is refused, naming the key."""
+    default = getattr(getattr(config.Config(), key.split(".")[0]), spec.name)
+    choices, check = spec.metadata.get("choices"), spec.metadata.get("check")
+    assert choices or check or isinstance(default, bool), \
+        f"{key} declares no valid values: give option() choices= or check="
+    bad = ("no-such-choice" if choices else "yes" if isinstance(default, bool) else check.bad)
+    with pytest.raises(config.ConfigError, match=re.escape(key)):
+        config.load(None, [f"{key}={config._literal(bad)}"])
+    if check is not None and not isinstance(bad, str):  # and the wrong type, too
+        with pytest.raises(config.ConfigError, match=re.escape(key)):
+            config.load(None, [f"{key}=\"text\""] if not isinstance(default, str) else
+                        [f"{key}=1"])
+
+
+def test_a_config_built_in_python_is_validated_too():
+    c = config.Config()
+    c.augment.flip = 2
+    with pytest.raises(config.ConfigError, match=r"augment.flip must be in \[0, 1\], got 2.0"):
+        config.validate(c)
+    c.augment.flip, c.train.seed = 0.5, "1"
+    with pytest.raises(config.ConfigError, match="train.seed must be an integer, got '1'"):
+        config.validate(c)
+
+
+def test_the_world_size_needs_a_sample_per_rank():
+    c = config.load(None, ["data.global_batch_size=3"])
+    config.check_world_size(c, 3)
+    with pytest.raises(config.ConfigError, match="cannot give each of 4 ranks a sample"):
+        config.check_world_size(c, 4)
+
+
 def test_bad_files(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes('[log]\nrun_dir = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(config.ConfigError, match="latin1.toml is not UTF-8 text"):
+        config.load(tmp_path / "latin1.toml")
     with pytest.raises(config.ConfigError, match="cannot read config file"):
         config.load(tmp_path / "missing.toml")
     (tmp_path / "bad.toml").write_text("[model\nname=")

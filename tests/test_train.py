@@ -174,7 +174,7 @@ def test_transfer_learning_freezes_and_replaces_the_classifier(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["model.nme=cnn"], "unknown key model.nme; [model] has name, options, dropout"),
     (["optim.lr=fast"], "optim.lr must be a number, got 'fast'"),
-    (["model.name=vgg"], "model.name = 'vgg' is not one of mlp, cnn, resnet20"),
+    (["model.name=vgg"], "model.name must be one of mlp, cnn, resnet20"),
     (["--resume", "auto"], None),  # replaced below: needs log.run_dir
     (["model.freeze=[\"head\"]"], "model.freeze: 'head' matches no parameter"),
     (["data.path=/nonexistent.h5"], "data file '/nonexistent.h5' does not exist"),

@@ -1,9 +1,10 @@
 """Data: the HDF5 layout (writer, reader), the distributed sampler, augmentation and the
 prefetching loader."""
-from .dataset import DataError, HDF5Split, Subset, open_split, shard_files
+from .dataset import HDF5Split, Subset, open_split, shard_files
 from .loader import Batch, Loader
 from .sampler import DistributedSampler
+from .validate import DataError, DataReadError
 from .writer import DatasetWriter, shard_paths
 
-__all__ = ["Batch", "DataError", "DatasetWriter", "DistributedSampler", "HDF5Split", "Loader",
+__all__ = ["Batch", "DataError", "DataReadError", "DatasetWriter", "DistributedSampler", "HDF5Split", "Loader",
            "Subset", "open_split", "shard_files", "shard_paths"]

@@ -1,9 +1,11 @@
 """Reading one split of the HDF5 layout (see writer.py) from one file or many shard files.
 
-Opening checks everything that can be checked without reading the samples: the files open,
-every shard has the split's datasets with matching lengths, all shards agree on sample shape,
-dtype and attributes, and the labels lie in [0, num_classes). `check_finite(begin, end)`
-scans float samples for NaN/Inf chunk by chunk. Reads gather sorted indices in contiguous
+Opening checks everything that can be checked without reading the samples (validate.py: what
+each file declares, before anything is allocated), that all shards agree on sample shape,
+dtype and attributes, and that the labels lie in [0, num_classes). `check_finite(begin, end)`
+scans float samples for NaN/Inf chunk by chunk. A read that fails during the run (a chunk
+failing its Fletcher-32 checksum, a damaged compressed chunk) is a DataReadError naming the
+file. Reads gather sorted indices in contiguous
 runs, or whole chunks when a batch needs many samples of a chunk: h5py's per-element
 ("fancy") selections are slow.
 """
@@ -13,9 +15,7 @@ import os
 import h5py
 import numpy
 
-
-class DataError(ValueError):
-    """Bad data: a missing or damaged file, an inconsistent layout, bad labels or values."""
+from .validate import DataError, DataReadError, check_split
 
 
 def shard_files(path):
@@ -62,30 +62,13 @@ class HDF5Split:
         self.source = str(first.attrs.get("source", ""))
         names = first.attrs.get("class_names")  # optional: label -> name, in label order
         self.class_names = None if names is None else [str(n) for n in names]
-        self.labels = numpy.concatenate([h[f"{split}/y"][:] for h in self.handles])
+        self.labels = numpy.concatenate([self._load(k, h[f"{split}/y"], slice(None))
+                                         for k, h in enumerate(self.handles)])
         self._check_labels()
         self.cache = None
 
     def _check_layout(self):
-        signatures = []
-        for file, h in zip(self.files, self.handles):
-            for name in ("x", "y"):
-                if f"{self.split}/{name}" not in h:
-                    raise DataError(f"{file} has no /{self.split}/{name} dataset")
-            x, y = h[f"{self.split}/x"], h[f"{self.split}/y"]
-            if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-                raise DataError(f"{file}: /{self.split}/x {x.shape} and /{self.split}/y {y.shape}"
-                                " must be (N, C, H, W) and (N,) of the same length N")
-            if x.dtype not in (numpy.uint8, numpy.float32) or y.dtype.kind not in "iu":
-                raise DataError(f"{file}: samples must be uint8 or float32 and labels integers, "
-                                f"got {x.dtype} and {y.dtype}")
-            missing = [a for a in ("num_classes", "mean", "std") if a not in h.attrs]
-            if missing:
-                raise DataError(f"{file} lacks the attributes {missing}")
-            if len(h.attrs["mean"]) != x.shape[1] or len(h.attrs["std"]) != x.shape[1]:
-                raise DataError(f"{file}: mean and std need one value per channel "
-                                f"({x.shape[1]})")
-            signatures.append((x.shape[1:], str(x.dtype), int(h.attrs["num_classes"])))
+        signatures = [check_split(f, h, self.split) for f, h in zip(self.files, self.handles)]
         if len(set(signatures)) > 1:
             detail = "; ".join(f"{f}: sample shape {s[0]}, {s[1]}, {s[2]} classes"
                                for f, s in zip(self.files, signatures))
@@ -122,8 +105,18 @@ class HDF5Split:
         size = len(self) * self.dtype.itemsize * int(numpy.prod(self.sample_shape))
         if size > budget_bytes:
             return False
-        self.cache = numpy.concatenate([x[:] for x in self.xs])
+        self.cache = numpy.concatenate([self._load(k, x, slice(None))
+                                        for k, x in enumerate(self.xs)])
         return True
+
+    def _load(self, shard, dataset, where):
+        """dataset[where]; a read that fails is a DataReadError naming the file."""
+        try:
+            return dataset[where]
+        except (OSError, RuntimeError, ValueError) as error:
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataReadError(f"{self.files[shard]}: cannot read {dataset.name}: a chunk "
+                                f"fails its checksum or is damaged ({detail})") from None
 
     def read(self, indices):
         """Samples at `indices` (any order, repeats allowed), in their stored dtype."""
@@ -137,12 +130,11 @@ class HDF5Split:
         for k, x in enumerate(self.xs):  # shard by shard
             stop = int(numpy.searchsorted(wanted, self.starts[k + 1]))
             local = wanted[position:stop] - self.starts[k]
-            self._read_sorted(x, local, out, order[position:stop])
+            self._read_sorted(k, x, local, out, order[position:stop])
             position = stop
         return out
 
-    @staticmethod
-    def _read_sorted(x, local, out, slots):
+    def _read_sorted(self, shard, x, local, out, slots):
         """out[slots] = x[local] for sorted local indices, by chunk or by contiguous run."""
         chunk = x.chunks[0] if x.chunks else len(x)
         i = 0
@@ -150,14 +142,14 @@ class HDF5Split:
             c0 = local[i] // chunk * chunk
             j = int(numpy.searchsorted(local, c0 + chunk))
             if j - i >= max(2, chunk // 8):  # many samples of this chunk: read it whole
-                block = x[c0:min(c0 + chunk, len(x))]
+                block = self._load(shard, x, slice(c0, min(c0 + chunk, len(x))))
                 out[slots[i:j]] = block[local[i:j] - c0]
                 i = j
                 continue
             run_end = i + 1  # a run of consecutive (or repeated) indices
             while run_end < j and local[run_end] - local[run_end - 1] <= 1:
                 run_end += 1
-            block = x[local[i]:local[run_end - 1] + 1]
+            block = self._load(shard, x, slice(local[i], local[run_end - 1] + 1))
             out[slots[i:run_end]] = block[local[i:run_end] - local[i]]
             i = run_end
 

@@ -8,8 +8,9 @@ contiguous share of every split:
     attrs: num_classes, mean (C,), std (C,) of /train/x in its stored units, source, and any
            extra attributes a converter adds (e.g. class_names)
 
-Files are written under a temporary name and renamed when complete, so a failed conversion
-never leaves a file that looks valid.
+Every dataset carries HDF5's Fletcher-32 chunk checksums, so bytes changed later are found
+when read (dataset.py). Files are written under a temporary name and renamed when complete,
+so a failed conversion never leaves a file that looks valid.
 """
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy
 from tqdm import tqdm
 
 SAMPLE_DTYPES = (numpy.uint8, numpy.float32)
+FORMAT_VERSION = 2  # 2: Fletcher-32 checksums; caches of files we build carry it in their name
 CHUNK_BYTES = 1 << 20  # default chunk: about 1 MiB of samples
 
 
@@ -75,8 +77,8 @@ class DatasetWriter:
                 n = self.bounds[split][k + 1] - self.bounds[split][k]
                 f.create_dataset(f"{split}/x", (n,) + self.sample_shape, dtype=dtype,
                                  chunks=(min(chunk, n),) + self.sample_shape,
-                                 compression=compression)
-                f.create_dataset(f"{split}/y", (n,), dtype=numpy.int64)
+                                 compression=compression, fletcher32=True)
+                f.create_dataset(f"{split}/y", (n,), dtype=numpy.int64, fletcher32=True)
         total = sum(counts.values())
         # by default a bar for large files, and only on a terminal (tqdm's disable=None)
         quiet = not progress if progress is not None else (
@@ -137,7 +139,10 @@ class DatasetWriter:
     def abandon(self):
         """Close and delete the partial files (after an error)."""
         for f in self.files:
-            f.close()
+            try:
+                f.close()
+            except (OSError, RuntimeError):  # a full disk fails the final flush: discarded
+                pass
         for tmp in self.temporary:
             tmp.unlink(missing_ok=True)
         self.bar.close()

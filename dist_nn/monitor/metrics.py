@@ -1,10 +1,16 @@
 """The metrics log of a run: metrics.jsonl (the contract, DESIGN §3), metrics.csv for
 spreadsheets, and TensorBoard event files when the tensorboard package is there."""
 import csv
+import errno
+import io
 import json
 import numbers
+import os
+import socket
 import time
 from pathlib import Path
+
+from .. import fs
 
 REQUIRED = ("split", "epoch", "step", "loss", "accuracy", "lr")
 CSV_COLUMNS = REQUIRED + ("samples_per_s", "time",
@@ -26,24 +32,24 @@ class MetricsLog:
     An existing run directory (a resumed run) is appended to, and a line torn by a crash
     mid-write is dropped first.
 
-    tensorboard: "auto" writes scalars `<split>/<key>` at `step` under run_dir/tensorboard/
-    when the tensorboard package imports, True requires it, False writes no event files.
+    tensorboard: "auto" writes scalars `<split>/<key>` at `step` into an event file under
+    run_dir/tensorboard/ when the tensorboard package imports, True requires it, False writes
+    no event files.
+
+    Every write can fail (a full disk, a lost mount): a record that cannot be written is
+    rolled back to whole lines, the first failure of each file is said through `warn`, and
+    training goes on; later records are appended whenever they fit. Writes are synchronous: no writer thread
+    that could die of a full disk.
     """
 
-    def __init__(self, run_dir, tensorboard="auto"):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir, tensorboard="auto", warn=print):
+        self.run_dir, self.warn = Path(run_dir), warn
+        self.failing = set()  # files a write has failed on (said once)
+        self.jsonl, self.csv = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.csv"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # first: tensorboard=True without the package fails before any file is opened
-        self._events = _event_writer(self.run_dir / "tensorboard", tensorboard)
-        jsonl_path, csv_path = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.csv"
-        for path in (jsonl_path, csv_path):
-            _drop_torn_line(path)
-        self._jsonl = open(jsonl_path, "a", encoding="utf-8")
-        self._csv_file = open(csv_path, "a", encoding="utf-8", newline="")
-        self._csv = csv.DictWriter(self._csv_file, CSV_COLUMNS, restval="",
-                                   extrasaction="ignore", lineterminator="\n")
-        if self._csv_file.tell() == 0:
-            self._csv.writeheader()
+        self.events = _event_file(self.run_dir / "tensorboard", tensorboard)
+        for path in (self.jsonl, self.csv):
+            self._guarded(path, _drop_torn_line, path)
 
     def write(self, record):
         missing = [key for key in REQUIRED if key not in record]
@@ -54,33 +60,93 @@ class MetricsLog:
         # device/NumPy scalars (e.g. a loss that is a 0-d array) become plain Python numbers
         record = {key: value.item() if hasattr(value, "item") else value
                   for key, value in record.items()}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        self._csv.writerow(record)
-        self._csv_file.flush()
-        if self._events is not None:
-            self._write_scalars(record)
+        self._guarded(self.jsonl, _append, self.jsonl, (json.dumps(record) + "\n").encode())
+        self._guarded(self.csv, _append_csv_row, self.csv, record)
+        if self.events is not None:
+            self._guarded(self.events, _append_event, self.events, _scalars(record))
 
-    def _write_scalars(self, record):
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        values = [summary_pb2.Summary.Value(tag=f"{record['split']}/{key}", simple_value=value)
-                  for key, value in record.items()
-                  if key != "step" and isinstance(value, numbers.Real)]
-        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(record["step"]),
-                                               summary=summary_pb2.Summary(value=values)))
+    def _guarded(self, path, write, *args):
+        try:
+            write(*args)
+        except OSError as error:
+            if path not in self.failing:
+                self.failing.add(path)
+                self.warn(f"warning: could not write {path} ({fs.reason(error)}); "
+                          "training goes on, and records that do not fit are left out",
+                          flush=True)
 
     def close(self):
-        if self._events is not None:
-            self._events.close()  # flushes the queued events first
-            self._events = None
-        self._jsonl.close()
-        self._csv_file.close()
+        """Nothing stays open between writes; kept for `with` and for callers."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _append(path, data):
+    """Append bytes whole or not at all: a write cut short (a full disk) is rolled back."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _append_csv_row(path, record):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_COLUMNS, restval="", extrasaction="ignore",
+                            lineterminator="\n")
+    if not path.exists() or path.stat().st_size == 0:
+        writer.writeheader()
+    writer.writerow(record)
+    _append(path, text.getvalue().encode())
+
+
+def _append_event(path, data):
+    if not path.exists():  # a new event file starts with its format version
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _event_record(file_version="brain.Event:2") + data
+    _append(path, data)
+
+
+def _event_file(logdir, tensorboard):
+    """The path of this run's new TensorBoard event file, or None without event files."""
+    if tensorboard is False:
+        return None
+    try:
+        import tensorboard.summary.writer.record_writer  # noqa: F401
+    except ImportError:
+        if tensorboard == "auto":
+            return None
+        raise
+    return logdir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                     f"{os.getpid()}.0")
+
+
+def _event_record(**fields):
+    """One TensorBoard event as the bytes of a TFRecord (length, CRCs, the protobuf)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    out = io.BytesIO()
+    RecordWriter(out).write(event_pb2.Event(wall_time=time.time(), **fields)
+                            .SerializeToString())
+    return out.getvalue()
+
+
+def _scalars(record):
+    from tensorboard.compat.proto import summary_pb2
+    values = [summary_pb2.Summary.Value(tag=f"{record['split']}/{key}", simple_value=value)
+              for key, value in record.items()
+              if key != "step" and isinstance(value, numbers.Real)]
+    return _event_record(step=int(record["step"]), summary=summary_pb2.Summary(value=values))
 
 
 def read_records(run_dir):
@@ -107,16 +173,3 @@ def _drop_torn_line(path):
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as file:
             file.truncate(data.rfind(b"\n") + 1)
-
-
-def _event_writer(logdir, tensorboard):
-    if tensorboard is False:
-        return None
-    try:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-    except ImportError:
-        if tensorboard == "auto":
-            return None
-        raise
-    # flush every few seconds, so that a TensorBoard watching the run follows it
-    return EventFileWriter(str(logdir), flush_secs=10)

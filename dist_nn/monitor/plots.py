@@ -1,6 +1,8 @@
 """PNG plots of a run's metrics.jsonl: loss, accuracy and learning rate against the step."""
+import os
 from pathlib import Path
 
+from .. import fs
 from .metrics import read_records
 
 # file name -> (record key, y-axis label, splits drawn)
@@ -21,7 +23,10 @@ def plot_run(run_dir, out_dir=None):
         raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from None
     records = read_records(run_dir)
     out_dir = Path(run_dir if out_dir is None else out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(f"cannot create {out_dir}: {fs.reason(error)}") from None
     paths = []
     for name, (key, label, splits) in PLOTS.items():
         figure = Figure(figsize=(6.4, 4.0), layout="tight")
@@ -35,9 +40,21 @@ def plot_run(run_dir, out_dir=None):
         axes.grid(alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend()
-        figure.savefig(out_dir / name, dpi=100)
+        _save(figure, out_dir / name)
         paths.append(out_dir / name)
     return paths
+
+
+def _save(figure, path):
+    """Write a PNG whole or not at all; a failed write (a full disk) is a RuntimeError with
+    a short message, like a missing matplotlib: the run reports it and goes on."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        figure.savefig(partial, dpi=100, format="png")
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"cannot write {path}: {fs.reason(error)}") from None
 
 
 def _curve(records, split, key):

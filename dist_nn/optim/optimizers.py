@@ -70,12 +70,26 @@ class Optimizer(abc.ABC):
                 "buffers": {k: backend.to_host(v).copy() for k, v in self.buffers.items()}}
 
     def load_state_dict(self, state):
+        """Restore a state_dict(), checked first: a saved state names only this optimizer's
+        hyper-parameters (numbers or flags, or lists of numbers) and buffers of the parameters' size."""
+        hyperparameters, step = state["hyperparameters"], state["step"]
+        unknown = sorted(set(hyperparameters) - set(self.hyperparameters))
+        if unknown:
+            raise ValueError(f"optimizer state names {unknown}, which are not hyper-parameters "
+                             f"of {type(self).__name__} ({', '.join(self.hyperparameters)})")
+        for name, value in hyperparameters.items():
+            numbers = value if isinstance(value, (list, tuple)) else [value]
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+                raise ValueError(f"optimizer hyper-parameter {name} must be a number, got "
+                                 f"{str(value)[:40]!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"optimizer step must be a count, got {str(step)[:40]!r}")
         for name, value in state["buffers"].items():
             if value.shape != self.flat.data.shape:
                 raise ValueError(f"optimizer state {name!r} holds {value.shape[0]} values but "
                                  f"the model has {self.flat.size} trainable parameters")
-        self.step_count = int(state["step"])
-        for name, value in state["hyperparameters"].items():
+        self.step_count = step
+        for name, value in hyperparameters.items():
             setattr(self, name, value)
         xp = backend.get_array_module(self.flat.data)
         self.buffers = {k: xp.asarray(v, dtype=self.flat.data.dtype)

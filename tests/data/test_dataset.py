@@ -69,7 +69,7 @@ BAD_INPUTS = {
                            r"labels outside \[0, 5\), the first at sample"),
     "shards with different shapes": (second_shard_differs, "shards differ in sample shape"),
     "missing attributes": (lambda tmp, s: write_raw(tmp / "a.h5", *s, attrs={"mean": [0, 0]}),
-                           "mean and std need one value per channel"),
+                           r"mean must hold 3 finite numbers \(one per channel\), got \[0 0\]"),
 }
 
 

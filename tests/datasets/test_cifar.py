@@ -118,3 +118,38 @@ def test_archive_problems(cifar10, tmp_path):
         tar.add(folder / "data_batch_1", arcname="cifar-10-batches-py/data_batch_1")
     with pytest.raises(ValueError, match="the archive has no CIFAR batch 'data_batch_2'"):
         cifar.convert(tmp_path / "partial.tar.gz", tmp_path / "c10.h5")
+
+
+class RunsShell:
+    """What a hostile batch holds: unpickling it would call os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_hostile_pickle_is_refused_without_running_it(cifar10, tmp_path, protocol):
+    source, _ = cifar10
+    marker = tmp_path / "ran"
+    with open(source / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": RunsShell(marker), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(ValueError, match=r"data_batch_1: not a CIFAR batch: it names "
+                                         r"(posix|os)\.system, which no CIFAR batch holds"):
+        cifar.convert(source, tmp_path / "out.h5")
+    assert not marker.exists() and not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_batches_of_any_pickle_protocol_still_convert(tmp_path, protocol):
+    rng = numpy.random.default_rng(1)
+    batches = {name: batch(rng, n, {b"labels": 10}) for name, n in CIFAR10.items()}
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    for name, contents in batches.items():
+        (folder / name).write_bytes(pickle.dumps(contents, protocol=protocol))
+    cifar.convert(folder, tmp_path / "out.h5")
+    assert (tmp_path / "out.h5").exists()

@@ -116,9 +116,36 @@ def test_tensorboard_false_writes_no_event_files(tmp_path):
 
 def test_auto_without_the_tensorboard_package_writes_no_event_files(tmp_path, monkeypatch):
     # a None entry in sys.modules makes the import fail as if the package were not installed
-    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.event_file_writer", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.summary.writer.record_writer", None)
     with MetricsLog(tmp_path) as log:
         log.write(record())
     assert not (tmp_path / "tensorboard").exists()
     with pytest.raises(ImportError):
         MetricsLog(tmp_path / "required", tensorboard=True)
+
+
+def test_a_full_disk_is_said_once_and_leaves_whole_records(tiny_tmpfs):
+    """A real full file system: records that do not fit are rolled back (no torn line), the
+    failure is said once per file, and writing resumes when there is space again."""
+    disk = tiny_tmpfs("64k")
+    warnings = []
+    log = MetricsLog(disk, tensorboard="auto", warn=lambda message, **_: warnings.append(message))
+    log.write(record(step=1))
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as file:  # the rest of the disk, to the last byte
+        try:
+            while True:
+                file.write(b"\0" * 512)
+        except OSError:
+            pass
+    for step in range(2, 40):
+        log.write(record(step=step, padding="x" * 200))
+    said = sorted({w.split(" (")[0] for w in warnings})
+    assert len(warnings) == len(said) >= 2  # once per file
+    assert all(w.endswith("records that do not fit are left out") for w in warnings)
+    filler.unlink()
+    log.write(record(step=40))
+    log.close()
+    steps = [r["step"] for r in read_records(disk)]
+    assert steps[0] == 1 and steps[-1] == 40  # whole lines only: read_records would raise
+    assert all(len(row) == len(CSV_COLUMNS) for row in csv_rows(disk))

@@ -71,3 +71,11 @@ def test_cli_fails_cleanly_without_metrics(tmp_path, make):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert str(run) in result.stderr
+
+
+def test_a_full_disk_is_a_short_runtime_error_and_leaves_no_partial_png(run_dir, tiny_tmpfs):
+    disk = tiny_tmpfs("16k")
+    (disk / "filler").write_bytes(b"\0" * 12 * 1024)
+    with pytest.raises(RuntimeError, match=f"cannot write {disk}/loss.png: No space left"):
+        plot_run(run_dir, disk)
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]

@@ -1,0 +1,244 @@
+"""Fault injection through the CLI under a real mpiexec (2 ranks): two runs in one directory,
+a full file system, bytes changed in a data file during a run, files that lie (a huge
+declared shape, a forged or unsigned checkpoint, a hostile pickle) and bad config values.
+Each ends in one message and its exit code, and what was saved before survives."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dist_nn import checkpoint
+from dist_nn.data import DatasetWriter
+from launch import mpirun
+from tests.data.test_validate import flip_a_byte_in_chunk, huge
+from tests.test_faults import finish, rank_pid, wait_for_step
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
+SMALL = ["model.name=mlp", "model.hidden=[32]", "log.plots=false", "log.tensorboard=off",
+         "log.every_steps=1"]
+
+
+def start(run_dir, *arguments, ranks=2):
+    argv = [sys.executable, "-m", "dist_nn.train", *map(str, arguments)]
+    if run_dir is not None:
+        argv.append(f"log.run_dir={run_dir}")
+    return subprocess.Popen(mpirun.command(ranks, argv), cwd=ROOT, text=True,
+                            env=mpirun.rank_environment(ranks, {"PYTHONPATH": str(ROOT)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run(run_dir, *arguments, ranks=2, timeout=180):
+    return finish(start(run_dir, *arguments, ranks=ranks), timeout)
+
+
+def steps_on_disk(run_dir):
+    return [s for s, _ in checkpoint.step_checkpoints(Path(run_dir) / "checkpoints")]
+
+
+def said_once(text, message):
+    assert text.count(message) == 1, text
+    assert "Traceback" not in text, text
+
+
+def test_a_run_directory_belongs_to_one_run(tmp_path):
+    """A second live run is refused while the first holds the directory; the lock dies with
+    its holder (kill -9); a fresh run never takes another run's checkpoints unless resumed or
+    told to overwrite; a resume with other values says which, and they take effect."""
+    path = tmp_path / "run"
+    first = start(path, *SMALL, "train.epochs=500", "checkpoint.every_steps=5")
+    wait_for_step(path, 6, first)
+    code, out, err = run(path, *SMALL, "--resume", "auto")
+    assert code == 2, err
+    said_once(err, f"error: the run directory {path} is in use by a live run (pid "
+                   f"{rank_pid(path, 0)} on ")
+    assert first.poll() is None  # the first run trains on
+    os.kill(rank_pid(path, 0), signal.SIGKILL)
+    finish(first, 60)
+    saved = steps_on_disk(path)
+    assert saved and saved[0] >= 5
+
+    code, out, err = run(path, *SMALL, "train.max_steps=5")
+    assert code == 2
+    said_once(err, f"the run directory {path} holds another run's checkpoints (step-")
+    assert steps_on_disk(path) == saved
+
+    code, out, err = run(path, *SMALL, "train.epochs=500", f"train.max_steps={saved[0] + 3}",
+                         "optim.lr=0.01", "--resume", "auto")
+    assert code == 0, err
+    said_once(out, "resuming with a config that differs from the checkpoint's; the values "
+                   f"given now take effect: optim.lr: 0.05 -> 0.01; train.max_steps: 0 -> "
+                   f"{saved[0] + 3}")
+    meta = checkpoint.read(checkpoint.step_checkpoints(path / "checkpoints")[0][1])[2]
+    assert meta["step"] == saved[0] + 3 and "lr = 0.01" in meta["config"]
+
+    code, out, err = run(path, *SMALL, "train.max_steps=2", "log.overwrite=true")
+    assert code == 0, err
+    said_once(out, "log.overwrite: deleted the previous run's checkpoints (")
+    assert steps_on_disk(path) == [2]
+
+
+def fill(disk):
+    """Fill a file system to its last byte; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny_tmpfs):
+    """The disk fills up mid-run: every write that fails is said once (checkpoints each
+    time), training goes on to the end, and without its final checkpoint the run exits 4;
+    once there is space again it resumes from the last checkpoint that was written."""
+    disk = tiny_tmpfs("4m")
+    path = disk / "run"
+    run_args = [*SMALL, "checkpoint.every_steps=5", "train.max_steps=60", "log.plots=true",
+                "log.tensorboard=on"]
+    job = start(path, *run_args, "train.watchdog_s=60")
+    wait_for_step(path, 12, job)
+    filler = fill(disk)
+    code, out, err = finish(job, 180)
+    assert code == 4, err
+    last = steps_on_disk(path)[0]
+    assert 10 <= last < 60
+    said_once(err, f"error: the final checkpoint (step 60) could not be written (cannot write "
+                   f"the checkpoint {path}/checkpoints/step-000000060.h5: No space left on "
+                   f"device); the newest on disk is {path}/checkpoints/step-{last:09d}.h5")
+    for name in ("metrics.jsonl", "metrics.csv"):
+        said_once(out, f"warning: could not write {path / name} (No space left on device)")
+    assert "warning: no plots: cannot write" in out
+    filler.unlink()
+    code, out, err = run(path, *run_args, "--resume", "auto")
+    assert code == 0, err
+    assert f"resumed from {path}/checkpoints/step-{last:09d}.h5 at epoch" in out
+    assert steps_on_disk(path)[0] == 60
+
+
+def big_data(path, n=4096):
+    """A training split of 4096 samples of 3x32x32 in 64 chunks (12 MiB): more than h5py's
+    chunk cache holds (8 MiB), so a run keeps reading the file."""
+    rng = np.random.default_rng(0)
+    with DatasetWriter(path, 4, (3, 32, 32), np.uint8, {"train": n}, "test",
+                       chunk_samples=64) as writer:
+        writer.append("train", rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8),
+                      rng.integers(0, 4, n))
+    return path
+
+
+def test_bytes_changed_in_a_data_file_during_a_run_stop_every_rank(tmp_path):
+    data = big_data(tmp_path / "d.h5")
+    path = tmp_path / "run"
+    job = start(path, *SMALL, f"data.path={data}", "data.cache_mb=0", "train.epochs=50",
+                "checkpoint.every_steps=5", "data.global_batch_size=64",
+                "checkpoint.best_metric=train_loss", "train.early_stopping_metric=train_loss")
+    wait_for_step(path, 6, job)
+    with h5py.File(data, "r") as f:
+        chunks = f["train/x"].id.get_num_chunks()
+    for chunk in range(chunks):  # whichever a rank reads next fails its checksum
+        flip_a_byte_in_chunk(data, "train/x", chunk)
+    began = time.monotonic()
+    code, out, err = finish(job, 120)
+    assert code == 2, err
+    assert time.monotonic() - began < 60
+    assert f"{data}: cannot read /train/x: a chunk fails its checksum or is damaged" in err
+    assert "Traceback" not in err
+    assert steps_on_disk(path) and checkpoint.read(
+        checkpoint.step_checkpoints(path / "checkpoints")[0][1])
+
+
+PEAK = ("import resource, subprocess, sys\n"  # runs a command, then prints its peak RSS
+        "code = subprocess.run(sys.argv[1:]).returncode\n"
+        "print(f'peak {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} KiB', "
+        "file=sys.stderr)\n"
+        "sys.exit(code)\n")
+
+
+def test_a_huge_declared_shape_is_one_message_in_bounded_memory(tmp_path):
+    data = huge(tmp_path / "h.h5")
+    argv = [sys.executable, "-m", "dist_nn.train", *SMALL, f"data.path={data}",
+            f"log.run_dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, "-c", PEAK, *mpirun.command(2, argv)], cwd=ROOT,
+                          env=mpirun.rank_environment(2, {"PYTHONPATH": str(ROOT)}),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2
+    said_once(done.stderr, f"{data}: /train/x declares (10000000, 3, 1024, 1024) but stores "
+                           "only 0 of its 2560000000 chunks: truncated or forged")
+    peak_kib = int(done.stderr.split("peak ")[1].split()[0])
+    assert peak_kib < 400 * 1024  # of any one process of the job: the 30 TB are never touched
+
+
+def test_forged_and_unsigned_checkpoints(tmp_path):
+    path = tmp_path / "run"
+    code, out, err = run(path, *SMALL, "train.max_steps=10", "checkpoint.every_steps=5")
+    assert code == 0, err
+    model, optimizer, meta = checkpoint.read(path / "checkpoints" / "step-000000010.h5")
+    forged = checkpoint.write(tmp_path / "forged.h5", model, optimizer, {**meta, "epoch": 10**6})
+    code, out, err = run(path, *SMALL, "--resume", forged)
+    assert code == 2
+    said_once(err, f"cannot resume from {forged}: checkpoint {forged} is at epoch 1000000, "
+                   "step 10, beyond this run's end (train.epochs = 20")
+    with h5py.File(path / "checkpoints" / "step-000000010.h5", "a") as f:
+        del f.attrs["checksum"]
+    code, out, err = run(path, *SMALL, "train.max_steps=12", "--resume", "auto")
+    assert code == 0, err
+    assert "has no checksum: it was not written by dist_nn, or was altered; falling back" in out
+    assert "at epoch 0, step 5" in out
+
+
+class RunsShell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_hostile_pickle_runs_no_code(tmp_path):
+    source = tmp_path / "cifar-10-batches-py"
+    source.mkdir()
+    with open(source / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": RunsShell(tmp_path / "ran"), b"labels": [0]}, f)
+    done = subprocess.run([sys.executable, "-m", "datasets", "cifar10", str(source), "--out",
+                           str(tmp_path / "c.h5")], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 1 and not (tmp_path / "ran").exists()
+    said_once(done.stderr, "data_batch_1: not a CIFAR batch: it names posix.system, which no "
+                           "CIFAR batch holds; refused without running it")
+
+
+@pytest.mark.parametrize("case", ["range", "utf8", "file", "proc", "read-only", "world"])
+def test_bad_config_values_are_one_message_and_exit_2(tmp_path, tiny_tmpfs, case):
+    run_dir, arguments = tmp_path / "run", []
+    if case == "range":
+        arguments, message = ["augment.flip=2"], "augment.flip must be in [0, 1], got 2.0"
+    elif case == "utf8":
+        (tmp_path / "c.toml").write_bytes(b'[log]\nrun_dir = "caf\xe9"\n')
+        arguments = ["--config", tmp_path / "c.toml"]
+        message = f"config file {tmp_path / 'c.toml'} is not UTF-8 text (byte"
+    elif case == "file":
+        run_dir.write_text("")
+        message = f"log.run_dir {run_dir} is a file, not a directory"
+    elif case == "proc":
+        run_dir, message = "/proc/self/run", "is on a system file system"
+    elif case == "read-only":
+        run_dir = tiny_tmpfs("64k")
+        subprocess.run(["mount", "-o", "remount,ro", str(run_dir)], check=True)
+        message = f"cannot write into the run directory {run_dir}: Read-only file system"
+    else:
+        arguments = ["data.global_batch_size=1"]
+        message = "data.global_batch_size = 1 cannot give each of 2 ranks a sample"
+    code, out, err = run(run_dir, *SMALL, *arguments)
+    assert code == 2, err
+    said_once(err, message)
