@@ -16,7 +16,7 @@ from tests.test_faults import BASE, ROOT, finish, final_state, wait_for_step
 PROGRAM = ROOT / "tests" / "dist" / "programs" / "train_process_faults.py"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
-RUN = BASE + ["checkpoint.every_steps=5"]
+RUN = BASE + ["checkpoint.every_steps=5", "checkpoint.keep=100"]  # all kept: none pruned
 
 
 def start(run_dir, *arguments, fault=(), launcher=False, ranks=2):
