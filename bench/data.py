@@ -33,7 +33,8 @@ SAMPLE_BYTES = 3 * 32 * 32
 def make_file(path, samples):
     from datasets import synthetic
     if not Path(path).exists():
-        synthetic.convert(path, samples, shape=(3, 32, 32), classes=10, dtype="uint8")
+        synthetic.convert(path, samples, shape=(3, 32, 32), classes=10, dtype="uint8",
+                          val_samples=0)
     return path
 
 

@@ -1,10 +1,21 @@
 """python -m datasets FORMAT ... --out PATH [--shards N] [--chunk-samples K] [--compression C]
+(installed: dist-nn-convert FORMAT ...)
 
 Convert a data set to dist_nn's HDF5 layout; one sub-command per format. Every option's name is
 the keyword of the format module's `convert`, which receives them all."""
 import argparse
 import importlib
 import sys
+
+EXIT_DATA = 2  # malformed input, as dist_nn.train's configuration and data errors
+
+EPILOG = """\
+FORMAT --help lists a format's options. The written file(s) are printed, one per line; train
+on them with `python -m dist_nn.train data.path=PATH` (a glob such as "out-*.h5" for shards).
+A file written with a /val split is evaluated after every epoch.
+
+exit status: 0 written; 2 bad arguments or malformed input (one message naming the file and
+what is wrong; nothing is left under the output name)."""
 
 
 def main(argv=None):
@@ -15,9 +26,11 @@ def main(argv=None):
     try:
         paths = module.convert(**args)
     except ValueError as error:  # malformed input: the message says what and where, no traceback
-        sys.exit(f"python -m datasets {command}: error: {error}")
+        print(f"python -m datasets {command}: error: {error}", file=sys.stderr)
+        return EXIT_DATA
     for path in paths:
         print(path)
+    return 0
 
 
 def _positive(text):
@@ -41,6 +54,7 @@ def _add_output(parser, out_required=True):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m datasets", description=__doc__,
+                                     epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     formats = parser.add_subparsers(dest="command", required=True, metavar="FORMAT")
 
@@ -80,7 +94,10 @@ def _parser():
 
     p = formats.add_parser("npz", help="arrays in a .npz: x, y and optionally x_val, y_val")
     p.add_argument("path")
-    p.add_argument("--channels-last", action="store_true", help="x is (N, H, W, C)")
+    p.add_argument("--layout", choices=("auto", "nchw", "nhwc"), default="auto",
+                   help="of 4-d samples: (N, C, H, W) or (N, H, W, C); auto (default) takes "
+                        "the only plausible one (1, 3 or 4 channels, or fewer channels than "
+                        "pixels per side) and refuses ambiguous shapes")
     p.add_argument("--classes", dest="num_classes", type=_positive,
                    help="number of classes (default: the largest label + 1)")
     for key in ("x", "y", "x_val", "y_val"):
@@ -91,7 +108,8 @@ def _parser():
 
     p = formats.add_parser("synthetic", help="a seeded, learnable synthetic data set")
     p.add_argument("--samples", type=_positive, required=True, help="training samples")
-    p.add_argument("--val-samples", type=int, default=0)
+    p.add_argument("--val-samples", type=int,
+                   help="validation samples (default: a fifth of --samples; 0: no /val split)")
     p.add_argument("--shape", nargs=3, type=_positive, default=(3, 32, 32),
                    metavar=("C", "H", "W"))
     p.add_argument("--classes", type=_positive, default=10)
@@ -105,4 +123,4 @@ def _parser():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

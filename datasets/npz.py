@@ -1,5 +1,6 @@
-"""Plain .npz arrays: samples x (N, C, H, W), or (N, H, W, C) with channels_last, or (N, H, W)
-for one channel; labels y (N,) integers; optionally x_val, y_val (all key names configurable).
+"""Plain .npz arrays: samples x (N, C, H, W) or (N, H, W, C), or (N, H, W) for one channel;
+labels y (N,) integers; optionally x_val, y_val (all key names configurable). The layout is
+detected (`layout="auto"`) when only one reading is plausible, and otherwise must be given.
 uint8 samples stay uint8, every other number type becomes float32. Samples are read straight
 from the archive member in pieces (the .npy header gives shape and dtype, the rows follow), so
 memory holds one piece; labels are read whole (they are small).
@@ -13,10 +14,17 @@ from numpy.lib import format as npy
 from .common import DAMAGED, check_labels, piece_samples, read_exact, write
 
 
-def convert(path, out, channels_last=False, num_classes=None, x_key="x", y_key="y",
+LAYOUTS = ("auto", "nchw", "nhwc")
+IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA
+
+
+def convert(path, out, layout="auto", num_classes=None, x_key="x", y_key="y",
             x_val_key="x_val", y_val_key="y_val", **output):
-    """Convert the .npz at `path`; num_classes defaults to the largest label + 1. output:
-    DatasetWriter options. Returns the written paths."""
+    """Convert the .npz at `path`; layout of 4-d samples: "nchw", "nhwc" or "auto" (see
+    detect_layout); num_classes defaults to the largest label + 1. output: DatasetWriter
+    options. Returns the written paths."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
@@ -32,6 +40,10 @@ def convert(path, out, channels_last=False, num_classes=None, x_key="x", y_key="
         for key in sum(keys.values(), ()):
             if key not in stored:
                 raise ValueError(f"{path} has no array {key!r} (it has {stored})")
+        shape = _header(archive, path, x_key)[0]
+        if layout == "auto" and len(shape) == 4:
+            layout = detect_layout(shape, f"{path}:{x_key}")
+        channels_last = layout == "nhwc"
         shapes, dtypes, labels = {}, {}, {}
         for split, (x, y) in keys.items():
             count, shapes[split], dtypes[split] = _samples_header(archive, path, x, channels_last)
@@ -46,8 +58,24 @@ def convert(path, out, channels_last=False, num_classes=None, x_key="x", y_key="
             y_checked = check_labels(labels[split], num_classes, f"{path}:{y}")
             splits[split] = (len(y_checked), _blocks(archive, path, x, y_checked, channels_last,
                                                      dtypes[split]))
+        read_as = " read as (N, H, W, C)" if channels_last and len(shape) == 4 else ""
         return write(out, num_classes, shapes["train"], dtypes["train"], splits,
-                     f"npz arrays from {path}", **output)
+                     f"npz arrays from {path}{read_as}", **output)
+
+
+def detect_layout(shape, where):
+    """"nchw" or "nhwc" for samples of `shape` (N, a, b, c): a reading is plausible when its
+    channel axis holds 1, 3 or 4 channels or is smaller than both image sides. Exactly one
+    plausible reading is taken; none or both is a ValueError asking for the layout."""
+    def plausible(channels, sides):
+        return channels in IMAGE_CHANNELS or channels < min(sides)
+    readings = [name for name, channels, sides in (("nchw", shape[1], shape[2:]),
+                                                   ("nhwc", shape[3], shape[1:3]))
+                if plausible(channels, sides)]
+    if len(readings) == 1:
+        return readings[0]
+    raise ValueError(f"{where} has shape {tuple(shape)}: cannot tell (N, C, H, W) from "
+                     "(N, H, W, C); give the layout: --layout nchw or --layout nhwc")
 
 
 def _header(archive, path, key):
@@ -74,7 +102,7 @@ def _samples_header(archive, path, key, channels_last):
     shape, _, dtype = _header(archive, path, key)
     if len(shape) not in (3, 4) or 0 in shape:
         raise ValueError(f"{path}:{key} has shape {shape}; samples must be (N, C, H, W), "
-                         "(N, H, W, C) with channels_last, or (N, H, W), with no empty axis")
+                         "(N, H, W, C) or (N, H, W), with no empty axis")
     if len(shape) == 3:
         sample = (1,) + shape[1:]
     else:

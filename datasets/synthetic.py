@@ -17,11 +17,14 @@ CONTRAST = (0.5, 1.5)
 
 
 def convert(out, samples, shape=(3, 32, 32), classes=10, dtype="uint8", seed=0,
-            val_samples=0, noise=0.5, **output):
-    """Write `samples` training (and `val_samples` validation) samples of `shape` (C, H, W) and
-    `dtype` (uint8 or float32); noise: its std, relative to the templates' std of 1. output:
-    DatasetWriter options. Returns the written paths."""
+            val_samples=None, noise=0.5, **output):
+    """Write `samples` training and `val_samples` validation samples (default: a fifth as
+    many, at least 1; 0: no /val split) of `shape` (C, H, W) and `dtype` (uint8 or float32);
+    noise: its std, relative to the templates' std of 1. output: DatasetWriter options.
+    Returns the written paths."""
     shape, dtype = tuple(shape), numpy.dtype(dtype)
+    if val_samples is None:
+        val_samples = max(1, samples // 5)
     if len(shape) != 3 or min(shape) < 1 or min(samples, classes) < 1 or val_samples < 0:
         raise ValueError(f"need a (C, H, W) shape of positive sizes, samples and classes >= 1 "
                          f"and val_samples >= 0, got shape {shape}, {samples} samples, "

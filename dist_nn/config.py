@@ -344,17 +344,26 @@ def check_world_size(config, world_size):
 
 
 def check_metrics(config, has_val):
-    """The metrics the run watches must exist: val_* ones need a /val split."""
+    """Without a /val split, the watched val_* metrics (checkpoint.best_metric,
+    train.early_stopping_metric, schedule.plateau_metric with the plateau schedule) become
+    their train_* twins, in place. Returns one notice naming what changed, or None."""
     if has_val:
-        return
-    watched = {"checkpoint.best_metric": config.checkpoint.best_metric,
-               "train.early_stopping_metric": config.train.early_stopping_metric}
+        return None
+    watched = [(config.checkpoint, "checkpoint.best_metric"),
+               (config.train, "train.early_stopping_metric")]
     if config.schedule.name == "plateau":
-        watched["schedule.plateau_metric"] = config.schedule.plateau_metric
-    for key, metric in watched.items():
+        watched.append((config.schedule, "schedule.plateau_metric"))
+    changed = []
+    for section, name in watched:
+        key = name.partition(".")[2]
+        metric = getattr(section, key)
         if metric.startswith("val_"):
-            raise ConfigError(f"{key} = {metric!r} needs a /val split, which {config.data.path} "
-                              "lacks; watch train_loss or train_accuracy instead")
+            setattr(section, key, "train_" + metric[len("val_"):])
+            changed.append(f"{name} = {getattr(section, key)}")
+    if not changed:
+        return None
+    return (f"notice: {config.data.path} has no /val split: watching training metrics "
+            f"instead ({', '.join(changed)})")
 
 
 def changes(saved, config):
@@ -409,8 +418,32 @@ def reference():
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--reference"]:  # the README's table
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m dist_nn.config",
+        description="Print the resolved configuration as TOML: the defaults, then --config "
+                    "FILE, then the overrides, validated exactly as dist_nn.train does. A "
+                    "quick check of a config file or command line before a long job.",
+        epilog="Every key, its default and its meaning: --reference (the README's "
+               "'Configuration reference' table). The trainer takes the same --config and "
+               "overrides. exit status: 0 valid, 2 configuration error (one message).")
+    parser.add_argument("--config", metavar="FILE.toml", help="a TOML file of [section] tables")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="overrides, e.g. optim.lr=0.1 'model.channels=[16, 32]'")
+    parser.add_argument("--reference", action="store_true",
+                        help="print the Markdown table of every key instead")
+    args = parser.parse_intermixed_args(argv)
+    if args.reference:
         print(reference())
-    else:
-        print(to_toml(load(None, sys.argv[1:])))  # the resolved defaults (+ overrides)
+        return 0
+    try:
+        print(to_toml(load(args.config, args.overrides)))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ import numpy
 from . import backend, checkpoint, config as configuration, models, nn
 from . import dist as distributed
 from .data import DataError, DistributedSampler, Loader, open_split
+from .monitor import plural
 
 
 def evaluate(model, batches, loss_fn, comm, num_classes=None):
@@ -38,9 +39,19 @@ def evaluate(model, batches, loss_fn, comm, num_classes=None):
     return result
 
 
+EPILOG = """\
+On N ranks: python -m launch.mpirun -n N python -m dist_nn.evaluate CHECKPOINT --data PATH
+(installed: dist-nn-mpirun -n N dist-nn-evaluate ...), or mpirun/srun as for training.
+
+exit status: 0 evaluated; 2 an unreadable checkpoint or data file (one message)."""
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m dist_nn.evaluate", description=__doc__)
-    parser.add_argument("checkpoint")
+    parser = argparse.ArgumentParser(prog="python -m dist_nn.evaluate", description=__doc__,
+                                     epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint file (runs/NAME/checkpoints/best.h5, "
+                                           "step-*.h5): the model is rebuilt from its config")
     parser.add_argument("--data", required=True, help="an HDF5 file, a glob of shards, digits")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--batch-size", type=int, default=256, help="per rank")
@@ -71,8 +82,9 @@ def main(argv=None):
     if comm.rank == 0:
         names = split.class_names or [str(c) for c in range(split.num_classes)]
         weights = ", EMA weights" if contents.ema else ""
-        print(f"{args.checkpoint} on {args.data} ({args.split}, {result['count']} samples"
-              f"{weights}): loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
+        print(f"{args.checkpoint} on {args.data} ({args.split}, "
+              f"{plural(result['count'], 'sample')}{weights}): "
+              f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.4f}")
         width = max(len(n) for n in names)
         print("confusion matrix (rows: true, columns: predicted)")
         print(" " * width + " " + " ".join(f"{n[:6]:>6}" for n in names))

@@ -1,6 +1,11 @@
 """python -m dist_nn.plot RUN_DIR [--out DIR]
 
-Plot a run's metrics.jsonl (loss, accuracy, learning rate) as PNG files and print their paths."""
+Plot a run's metrics.jsonl (loss, accuracy, learning rate) as PNG files and print their paths.
+Training draws them itself at its end (log.plots = true); this redraws them at any time, also
+while the run goes on.
+
+exit status: 0 written; 2 no run directory or metrics.jsonl, or a malformed record; 1
+matplotlib is missing (pip install matplotlib)."""
 import argparse
 from pathlib import Path
 

@@ -2,8 +2,11 @@
 
     python -m launch.search --space space.toml --out search/ --trials 8 --rounds 2 --ranks 1 \\
         --metric val_accuracy --seed 0 [--timeout SEC] [--param KEY=SPEC ...]
+    (installed: dist-nn-search ...)
 
-The space (a TOML file and/or `--param` flags, which win over the file):
+The space (a TOML file and/or `--param` flags, which win over the file; launch/space.toml in
+the repository is a commented example; keys are dist_nn.train's, see the README's
+"Configuration reference" or `python -m dist_nn.config --reference`):
 
     [params]                                                # searched
     "optim.lr" = {low = 1e-4, high = 1.0, scale = "log"}   # log-uniform
@@ -56,7 +59,7 @@ from dist_nn import config as configuration
 from dist_nn.config import ConfigError, tomllib  # tomllib, or tomli on Python 3.10
 from dist_nn.monitor import read_records
 from dist_nn.train import EXIT_CONFIG, EXIT_STOPPED
-from launch import mpirun
+from . import mpirun
 
 MARGIN = 0.1  # refined ranges reach this share of the previous range's width past the top trials
 SHOWN = 5     # trials printed at the end
@@ -234,11 +237,17 @@ def ranked(results):
 
 
 def last_line(path):
-    """The last non-blank line of a trial's stderr, passing over MPI's echo of an abort (the
-    lines above it say why)."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return next((line.strip() for line in reversed(lines)
-                 if line.strip() and "MPI_Abort" not in line), "")
+    """The last non-blank line of a trial's stderr, passing over the launcher's own report of
+    the failure (MPICH's echo of an MPI_Abort, Open MPI's notices boxed in lines of dashes):
+    the lines above it say why."""
+    said, boxed = [], False
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if line and set(line) == {"-"}:  # a box's top or bottom border
+            boxed = not boxed
+        elif line and not boxed and "MPI_Abort" not in line:
+            said.append(line)
+    return said[-1] if said else ""
 
 
 def run_trainer(overrides, run_dir, ranks=1, timeout=None):
@@ -339,8 +348,11 @@ def at_least(minimum, kind=int):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m launch.search",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m launch.search", description=__doc__,
+        epilog="exit status: 0 the search ran (trials that failed or diverged are rows of "
+               "results.csv); 2 a bad space, key or value (one message, before any trial)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", help="TOML file with [params] (searched) and [fixed]")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=SPEC",
                         help="searched (KEY={low=..., high=..., scale=\"log\"} or "

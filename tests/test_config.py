@@ -111,11 +111,21 @@ def test_bad_files(tmp_path):
         config.load(tmp_path / "flat.toml")
 
 
-def test_val_metrics_need_a_val_split():
-    with pytest.raises(config.ConfigError, match="needs a /val split"):
-        config.check_metrics(config.load(), has_val=False)
-    config.check_metrics(config.load(None, ["checkpoint.best_metric=train_loss",
-                                            "train.early_stopping_metric=train_loss"]), False)
+def test_without_a_val_split_training_metrics_are_watched_with_one_notice():
+    c = config.load(None, ["schedule.name=plateau", "data.path=mine.h5"])
+    assert config.check_metrics(c, has_val=True) is None and c.checkpoint.best_metric == \
+        "val_accuracy"
+    notice = config.check_metrics(c, has_val=False)
+    assert notice == ("notice: mine.h5 has no /val split: watching training metrics instead "
+                      "(checkpoint.best_metric = train_accuracy, train.early_stopping_metric = "
+                      "train_loss, schedule.plateau_metric = train_loss)")
+    assert (c.checkpoint.best_metric, c.train.early_stopping_metric,
+            c.schedule.plateau_metric) == ("train_accuracy", "train_loss", "train_loss")
+    assert config.check_metrics(c, has_val=False) is None  # nothing left to change
+    c = config.load(None, ["checkpoint.best_metric=train_loss"])  # plateau_metric not in use
+    assert config.check_metrics(c, has_val=False).endswith(
+        "(train.early_stopping_metric = train_loss)")
+    assert c.schedule.plateau_metric == "val_loss"
 
 
 def test_readme_reference_is_generated_from_the_config():

@@ -50,7 +50,9 @@ def wait_for_step(run_dir, step, job, timeout=60):
 
 
 def rank_pid(run_dir, rank):
-    """The pid of a rank of the job training into run_dir (from /proc)."""
+    """The pid of a rank of the job training into run_dir (from /proc; the rank variable of
+    MPICH's launcher or Open MPI's)."""
+    marks = {f"{variable}={rank}".encode() for variable in ("PMI_RANK", "OMPI_COMM_WORLD_RANK")}
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
@@ -58,7 +60,7 @@ def rank_pid(run_dir, rank):
         except (OSError, ValueError):
             continue
         if argv[0] == sys.executable.encode() and any(str(run_dir).encode() in a for a in argv) \
-                and f"PMI_RANK={rank}".encode() in environ:
+                and marks & set(environ):
             return int(entry.name)
     raise LookupError(f"no rank {rank} training into {run_dir}")
 

@@ -217,3 +217,13 @@ def test_evaluate_debug_and_overfit(tmp_path):
     final = checkpoint.step_checkpoints(tmp_path / "debug" / "checkpoints")[0][1]
     done = ok(run(2, None, final, "--data", "digits", module="dist_nn.evaluate"))
     assert "on digits (val, 359 samples)" in done.stdout and "confusion matrix" in done.stdout
+
+
+def test_data_without_a_val_split_watches_training_metrics(tmp_path):
+    from datasets import synthetic
+    data = synthetic.convert(tmp_path / "noval.h5", 256, shape=(1, 8, 8), classes=4,
+                             val_samples=0)[0]
+    done = ok(run(2, tmp_path / "run", *SMALL, f"data.path={data}", "train.epochs=2",
+                  "schedule.name=plateau", "train.early_stopping_patience=5"))
+    assert (tmp_path / "run" / "checkpoints" / "best.h5").exists()
+    assert "error" not in done.stderr

@@ -186,8 +186,9 @@ def open_split(path, split, comm, check_values=True):
         dataset = HDF5Split(path, split)
         n = len(dataset)
         if n < comm.size:
-            raise DataError(f"{comm.size} ranks but the {split} split of {path} has only {n} "
-                            "samples: every rank needs at least one; use fewer ranks")
+            raise DataError(f"the {split} split of {path} has fewer samples ({n}) than there "
+                            f"are ranks ({comm.size}): every rank needs at least one; use "
+                            "fewer ranks")
         if check_values:
             dataset.check_finite(n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size)
     except DataError as failure:

@@ -12,8 +12,8 @@ import numpy
 class DistributedSampler:
     def __init__(self, n, rank=0, size=1, shuffle=True, seed=0, drop_last=False):
         if n < size:
-            raise ValueError(f"{size} ranks but only {n} samples: every rank needs at least one "
-                             "sample; use fewer ranks or more data")
+            raise ValueError(f"fewer samples ({n}) than ranks ({size}): every rank needs at "
+                             "least one sample; use fewer ranks or more data")
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} outside [0, {size})")
         self.n, self.rank, self.size = n, rank, size

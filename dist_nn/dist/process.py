@@ -29,10 +29,19 @@ def cores_per_rank(local_size):
     return max(1, cores // max(1, local_size))
 
 
+def threads_per_rank(local_size):
+    """A user's OMP_NUM_THREADS (honoured, never overridden), else the rank's core share."""
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    return cores_per_rank(local_size)
+
+
 def limit_threads(local_size, threads=None):
-    """Give each of the node's `local_size` ranks its share of the cores for BLAS/OpenMP (or
-    exactly `threads`), so that ranks never oversubscribe them. Returns the thread count."""
-    threads = threads or cores_per_rank(local_size)
+    """Give each of the node's `local_size` ranks its threads_per_rank for BLAS/OpenMP (or
+    exactly `threads`), so that ranks never oversubscribe the cores unasked. Returns the
+    thread count."""
+    threads = threads or threads_per_rank(local_size)
     for variable in THREAD_VARIABLES:  # for libraries loaded later
         os.environ[variable] = str(threads)
     from threadpoolctl import threadpool_limits
@@ -120,10 +129,10 @@ def check_slurm_launch(comm):
 
 
 def setup(kind="auto", device="auto", cuda_aware=False, threads=None, watchdog_s=0):
-    """Start this rank: communicator ("auto" | "local" | "mpi" | "nccl"), BLAS threads (the
-    rank's share of the node's cores, or `threads`), abort on failure, on GPUs the device
-    `local_rank` (modulo the GPUs present), and with watchdog_s > 0 a watchdog that aborts
-    the job, naming the missing ranks, when a collective waits longer than that."""
+    """Start this rank: communicator ("auto" | "local" | "mpi" | "nccl"), BLAS threads
+    (threads_per_rank, or `threads`), abort on failure, on GPUs the device `local_rank`
+    (modulo the GPUs present), and with watchdog_s > 0 a watchdog that aborts the job,
+    naming the missing ranks, when a collective waits longer than that."""
     with signals.held():  # a stop signal during MPI's start-up waits until it is done
         base = communicator("mpi" if kind == "nccl" else kind, cuda_aware)
     abort_on_failure(base)

@@ -2,6 +2,8 @@
 import os
 from pathlib import Path
 
+import numpy
+
 from .. import fs
 from .metrics import read_records
 
@@ -13,34 +15,17 @@ PLOTS = {"loss.png": ("loss", "loss", ("train", "val")),
 
 def plot_run(run_dir, out_dir=None):
     """Write loss.png, accuracy.png and lr.png into out_dir (default: run_dir); return their
-    paths. Train records (many per epoch) are drawn as a line, val records (one per epoch) as
-    markers at their steps. A resumed run repeats the steps after its last checkpoint: the
-    later record of a step wins."""
-    try:
-        # the Figure API renders with Agg without pyplot, leaving the caller's backend alone
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from None
+    paths. Each is titled with the run's name (its directory's)."""
     records = read_records(run_dir)
     out_dir = Path(run_dir if out_dir is None else out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RuntimeError(f"cannot create {out_dir}: {fs.reason(error)}") from None
+    run_name = Path(run_dir).resolve().name
     paths = []
     for name, (key, label, splits) in PLOTS.items():
-        figure = Figure(figsize=(6.4, 4.0), layout="tight")
-        axes = figure.add_subplot()
-        for split in splits:
-            steps, values = _curve(records, split, key)
-            if steps:
-                axes.plot(steps, values, "-" if split == "train" else "o-", label=split)
-        axes.set_xlabel("step")
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend()
-        _save(figure, out_dir / name)
+        _save(draw(records, key, label, splits, f"{run_name}: {label}"), out_dir / name)
         paths.append(out_dir / name)
     return paths
 
@@ -55,6 +40,52 @@ def _save(figure, path):
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"cannot write {path}: {fs.reason(error)}") from None
+
+
+def draw(records, key, label, splits, title):
+    """The Figure of one metric against the step. Train records (many per epoch) are a line,
+    val records (one per epoch) markers at their steps; a resumed run repeats the steps after
+    its last checkpoint: the later record of a step wins. Accuracy is in percent, each
+    legend entry gives the final value, and the axis zooms in on the second half of the run,
+    so that 99.0% and 99.4% lie apart."""
+    try:
+        # the Figure API renders with Agg without pyplot, leaving the caller's backend alone
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import AutoMinorLocator, PercentFormatter
+    except ImportError:
+        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from None
+    figure = Figure(figsize=(6.4, 4.0), layout="tight")
+    axes = figure.add_subplot()
+    curves = {split: _curve(records, split, key) for split in splits}
+    for split, (steps, values) in curves.items():
+        if steps:
+            final = f" (final {values[-1]:.2%})" if key == "accuracy" else ""
+            axes.plot(steps, values, "-" if split == "train" else "o-", label=split + final)
+    if key == "accuracy" and any(steps for steps, _ in curves.values()):
+        axes.set_ylim(*_late_range(curves))
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes.yaxis.set_minor_locator(AutoMinorLocator())
+        axes.grid(which="minor", alpha=0.15)
+    axes.set_title(title)
+    axes.set_xlabel("step")
+    axes.set_ylabel(label)
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend()
+    return figure
+
+
+def _late_range(curves):
+    """y limits holding the second half of the run: all of its val points and the upper half
+    of its (noisy, per-batch) train points, with a margin, never above 100% + margin."""
+    last_step = max(steps[-1] for steps, _ in curves.values() if steps)
+    late = {split: [v for s, v in zip(steps, values) if s >= last_step / 2]
+            for split, (steps, values) in curves.items()}
+    lows = [min(v) if split == "val" else numpy.median(v)
+            for split, v in late.items() if v]
+    low, high = min(lows), min(1.0, max(max(v) for v in late.values() if v))
+    margin = max(high - low, 0.002) * 0.1
+    return low - margin, high + margin
 
 
 def _curve(records, split, key):

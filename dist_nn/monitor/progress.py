@@ -4,6 +4,11 @@ import sys
 
 from tqdm import tqdm
 
+def plural(count, noun):
+    """`1 epoch`, `2 epochs`: a count with its noun (plain English plurals)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 # how the usual values read; other values print as `name value`
 FORMATS = {"loss": "loss {:.4f}", "accuracy": "acc {:.4f}", "lr": "lr {:g}",
            "samples_per_s": "{:.0f} samples/s"}

@@ -24,9 +24,32 @@ def test_nchw_with_val_compressed(tmp_path):
 
 def test_channels_last_float_and_key_names(tmp_path):
     numpy.savez(tmp_path / "a.npz", images=X.transpose(0, 2, 3, 1) / 255.0, targets=Y)
-    path = npz.convert(tmp_path / "a.npz", tmp_path / "a.h5", channels_last=True,
+    path = npz.convert(tmp_path / "a.npz", tmp_path / "a.h5", layout="nhwc",
                        num_classes=7, x_key="images", y_key="targets")[0]
     assert_holds(path, {"train": ((X / 255.0).astype(numpy.float32), Y)}, 7)
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((16, 16, 3), "nhwc"), ((3, 16, 16), "nchw"), ((28, 28, 1), "nhwc"), ((1, 28, 28), "nchw"),
+    ((3, 4, 5), "nchw"), ((2, 8, 8), "nchw"), ((8, 8, 2), "nhwc"), ((32, 32, 4), "nhwc")])
+def test_the_layout_is_detected(tmp_path, shape, layout):
+    x = rng.integers(0, 256, (6,) + shape, dtype=numpy.uint8)
+    numpy.savez(tmp_path / "a.npz", x=x, y=Y[:6])
+    path = npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")[0]
+    nchw = x.transpose(0, 3, 1, 2) if layout == "nhwc" else x
+    assert_holds(path, {"train": (nchw, Y[:6])}, 4)
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 4), (3, 32, 3), (16, 16, 16)])
+def test_an_ambiguous_layout_is_refused_until_given(tmp_path, shape):
+    x = rng.integers(0, 256, (6,) + shape, dtype=numpy.uint8)
+    numpy.savez(tmp_path / "a.npz", x=x, y=Y[:6])
+    with pytest.raises(ValueError, match=r"a.npz:x has shape \(6, %d, %d, %d\): cannot tell "
+                       r"\(N, C, H, W\) from \(N, H, W, C\); give the layout: --layout nchw "
+                       r"or --layout nhwc" % shape):
+        npz.convert(tmp_path / "a.npz", tmp_path / "a.h5")
+    path = npz.convert(tmp_path / "a.npz", tmp_path / "a.h5", layout="nhwc")[0]
+    assert_holds(path, {"train": (x.transpose(0, 3, 1, 2), Y[:6])}, 4)
 
 
 def test_grayscale_and_fortran_order(tmp_path):
@@ -77,5 +100,5 @@ def test_command_line_entry_point(tmp_path):
     run = subprocess.run([sys.executable, "-m", "datasets", "npz", str(tmp_path / "absent.npz"),
                           "--out", str(tmp_path / "b.h5")], cwd=REPO, capture_output=True,
                          text=True)
-    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("python -m datasets npz: error: ") and "no such file" in run.stderr

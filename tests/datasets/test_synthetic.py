@@ -1,3 +1,4 @@
+import h5py
 import numpy
 import pytest
 
@@ -42,3 +43,11 @@ def test_bad_settings(tmp_path):
         synthetic.convert(tmp_path / "s.h5", 10, shape=(3, 16))
     with pytest.raises(ValueError, match="samples must be uint8 or float32"):
         synthetic.convert(tmp_path / "s.h5", 10, dtype="float64")
+
+
+def test_a_validation_split_by_default(tmp_path):
+    path = synthetic.convert(tmp_path / "d.h5", 50, shape=(1, 4, 4), classes=5)[0]
+    assert len(read_back(path, "train")[1]) == 50 and len(read_back(path, "val")[1]) == 10
+    path = synthetic.convert(tmp_path / "n.h5", 50, shape=(1, 4, 4), val_samples=0)[0]
+    with h5py.File(path, "r") as f:
+        assert sorted(f) == ["train"]

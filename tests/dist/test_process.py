@@ -1,4 +1,5 @@
 """A failing, hanging or vanishing rank ends the job; ranks share the cores."""
+import os
 import subprocess
 import sys
 import time
@@ -8,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from dist_nn.dist import limit_threads
-from dist_nn.dist.process import cores_per_rank
+from dist_nn.dist.process import THREAD_VARIABLES, cores_per_rank
 from tests.dist import mpi
 
 
@@ -61,12 +62,22 @@ def test_a_dead_rank_on_the_node_is_noticed_without_the_watchdog():
     assert "while collective #" in done.stderr and time.monotonic() - start < 30
 
 
-def test_threads_are_the_rank_share_of_the_cores(monkeypatch):
+def blas_threads():
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas
+    return set(blas)
+
+
+def test_threads_are_the_rank_share_of_the_cores_unless_the_user_set_them(monkeypatch):
+    for variable in THREAD_VARIABLES:  # restored after the test
+        monkeypatch.setenv(variable, "")
     assert cores_per_rank(1) >= 1 and cores_per_rank(10**6) == 1
-    threads = limit_threads(10**6)
-    assert threads == 1
-    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    assert blas and all(i["num_threads"] == 1 for i in blas)
+    assert limit_threads(10**6) == 1 and blas_threads() == {1}
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert limit_threads(10**6) == 2 and blas_threads() == {2}
+    assert os.environ["MKL_NUM_THREADS"] == "2"
+    limit_threads(10**6, threads=1)
 
 
 @mpi.needs_mpi

@@ -30,6 +30,8 @@ def test_an_aborted_job_leaves_no_shared_memory_behind():
     plain = mpirun.run(2, FAILURE, ENV, capture_output=True, text=True, timeout=60,
                        cwd=mpi.ROOT)
     left = {p for p in shared_memory_printed(plain.stdout) if Path(p).exists()}
+    if not left and mpirun.is_open_mpi(mpirun.mpiexec_path()):
+        pytest.skip("Open MPI's launcher removes an aborted job's shared memory itself")
     for path in left:  # without the launcher MPI_Abort leaves its files: the fault is real
         Path(path).unlink()
     assert plain.returncode != 0 and left, plain.stdout

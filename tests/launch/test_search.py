@@ -284,3 +284,13 @@ def test_a_tiny_search_through_the_cli(tmp_path):
             assert row["optim.lr"] == "1000.0" and row["exit"] == "3"
             assert "diverging" in row["error"]
     assert rows[-1]["status"] == "diverged"
+
+
+def test_a_trials_error_is_its_own_last_line_not_the_launchers(tmp_path):
+    """MPICH echoes MPI_Abort; Open MPI boxes its notices in lines of dashes."""
+    log = write(tmp_path / "stderr.log", "warning: something\nstopped: the run is diverging\n"
+                "application called MPI_Abort(MPI_COMM_WORLD, 3)\n" + "-" * 55 + "\n"
+                "Primary job  terminated normally, but 1 process returned\n" + "-" * 55 + "\n"
+                + "-" * 74 + "\nmpiexec detected that one or more processes exited with "
+                "non-zero status\n\n  Exit code:    3\n" + "-" * 74 + "\n\n")
+    assert search.last_line(log) == "stopped: the run is diverging"

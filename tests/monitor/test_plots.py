@@ -1,10 +1,11 @@
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dist_nn.monitor import MetricsLog, plot_run
+from dist_nn.monitor import MetricsLog, plot_run, plots
 
 pytest.importorskip("matplotlib")
 
@@ -79,3 +80,25 @@ def test_a_full_disk_is_a_short_runtime_error_and_leaves_no_partial_png(run_dir,
     with pytest.raises(RuntimeError, match=f"cannot write {disk}/loss.png: No space left"):
         plot_run(run_dir, disk)
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_accuracy_tells_99_0_from_99_4_and_the_title_names_the_run(tmp_path):
+    run = tmp_path / "mnist-lr0.1"
+    with MetricsLog(run, tensorboard=False) as log:
+        for step in range(1, 201):
+            log.write({"split": "train", "epoch": step // 20, "step": step, "loss": 1.0 / step,
+                       "accuracy": 1 - 0.9 * math.exp(-step / 20), "lr": 0.1})
+        for epoch, accuracy in enumerate([0.5, 0.9, 0.97, 0.99, 0.985, 0.99, 0.991, 0.992,
+                                          0.993, 0.994]):
+            log.write({"split": "val", "epoch": epoch, "step": 20 * (epoch + 1), "loss": 0.1,
+                       "accuracy": accuracy, "lr": 0.1})
+    records = plots.read_records(run)
+    figure = plots.draw(records, "accuracy", "accuracy", ("train", "val"), "mnist-lr0.1: accuracy")
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    assert (0.994 - 0.990) / (high - low) > 0.1  # a tenth of the axis apart, not a pixel
+    assert axes.get_title() == "mnist-lr0.1: accuracy"
+    assert "val (final 99.40%)" in [t.get_text() for t in axes.get_legend().get_texts()]
+    assert axes.yaxis.get_major_formatter()(0.994, 0).endswith("%")
+    plot_run(run)
+    assert_png(run / "accuracy.png")

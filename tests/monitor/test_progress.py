@@ -1,6 +1,6 @@
 import io
 
-from dist_nn.monitor import Progress
+from dist_nn.monitor import Progress, plural
 
 VALUES = {"loss": 0.41234, "accuracy": 0.87344, "lr": 0.05, "samples_per_s": 1234.4}
 
@@ -51,3 +51,7 @@ def test_a_terminal_gets_a_bar_with_the_values():
     output = stream.getvalue()
     assert "epoch 2" in output and "25/25" in output
     assert "loss 0.4123 acc 0.8734" in output
+
+
+def test_plural_says_1_epoch_not_1_epochs():
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
