@@ -23,7 +23,7 @@ from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer
                     make_schedules, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
 from .evaluate import evaluate
-from .monitor import MetricsLog, Progress, plot_run
+from .monitor import MetricsLog, Progress, plot_run, plural
 from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              gradient_check_report, initial_loss_warning, nonfinite_report,
                              write_debug_report)
@@ -44,10 +44,6 @@ class FinalCheckpointLost(SystemExit):
     def __init__(self, message):
         super().__init__(EXIT_UNSAVED)
         self.message = message
-
-
-def plural(count, noun):
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 class Trainer:
@@ -133,7 +129,9 @@ class Trainer:
         if self.overfit:  # debugging: a tiny subset, no augmentation, to be learnt perfectly
             self.train_split = self.val_split = Subset(self.train_split, range(
                 min(c.train.overfit_samples, len(self.train_split))))
-        configuration.check_metrics(c, has_val=self.val_split is not None)
+        notice = configuration.check_metrics(c, has_val=self.val_split is not None)
+        if notice:  # val metrics watched by default, but no val split: training twins
+            self.say(notice)
         self.global_batch = c.data.batch_size * comm.size or c.data.global_batch_size
         self.micro = c.optim.accumulate
         self.loader = Loader(

@@ -226,4 +226,4 @@ def test_data_without_a_val_split_watches_training_metrics(tmp_path):
     done = ok(run(2, tmp_path / "run", *SMALL, f"data.path={data}", "train.epochs=2",
                   "schedule.name=plateau", "train.early_stopping_patience=5"))
     assert (tmp_path / "run" / "checkpoints" / "best.h5").exists()
-    assert "error" not in done.stderr
+    assert "error" not in done.stderr and done.stdout.count("notice: ") == 1, done.stdout
