@@ -188,15 +188,14 @@ class Trainer:
             total_steps = min(total_steps, c.train.max_steps)
         self.schedules, self.plateau = make_schedules(c.schedule, self.opt,
                                                       self.steps_per_epoch, total_steps)
-        if c.optim.shard and (c.train.amp != "off" or c.train.ema_decay):
-            raise configuration.ConfigError("optim.shard does not combine with train.amp or "
-                                            "train.ema_decay yet")
         # sharded, the optimizer step's flat buffer is this rank's shard: the global norm
-        # (clipping) is the shard's part plus one allreduce
+        # (clipping) and fp16's overflow verdict are the shard's part plus one allreduce
         norm = (lambda: math.sqrt(self.sync.grad_sq_norm())) if c.optim.shard else None
+        agree = self.sync.all_finite if c.optim.shard else None
         try:  # mixed precision, clipping, EMA around each optimizer step
             self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
-                                           c.optim.clip_grad_norm, c.train.ema_decay, norm)
+                                           c.optim.clip_grad_norm, c.train.ema_decay, norm,
+                                           agree)
         except nn.amp.PrecisionError as error:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 

@@ -99,11 +99,13 @@ SHARDED = SMALL + ["train.dtype=float64", "model.dropout=0", "augment.enabled=fa
 
 
 def test_sharded_run_resumes_on_another_world_size_exactly(tmp_path):
-    """optim.shard=true: 10 steps on 2 ranks, resumed sharded on 3 ranks to step 20, equal
-    (float64, 1e-10) to 20 unsharded steps of one process: parameters and the optimizer state,
-    which the checkpoints hold whole (gathered on rank 0)."""
-    ok(run(1, tmp_path / "one", *SHARDED))
-    sharded = [*SHARDED, "optim.shard=true"]
+    """optim.shard=true with the weight EMA and clipping: 10 steps on 2 ranks, resumed sharded
+    on 3 ranks to step 20, equal (float64, 1e-10: the reductions add in other orders) to 20
+    unsharded steps of one process: parameters, the optimizer state, which the checkpoints
+    hold whole (gathered on rank 0), and the averaged weights."""
+    recipe = ["train.ema_decay=0.9", "optim.clip_grad_norm=0.5"]  # below every step's norm
+    ok(run(1, tmp_path / "one", *SHARDED, *recipe))
+    sharded = [*SHARDED, *recipe, "optim.shard=true"]
     ok(run(2, tmp_path / "sharded", *sharded, "train.max_steps=10"))
     done = ok(run(3, tmp_path / "sharded", *sharded, "--resume", "auto"))
     assert "resumed from" in done.stdout and "step 10" in done.stdout
@@ -113,6 +115,10 @@ def test_sharded_run_resumes_on_another_world_size_exactly(tmp_path):
     assert ours[2]["world_size"] == 3 and ours[1]["step"] == reference[1]["step"] == 20
     for key, value in reference[0].items():
         np.testing.assert_allclose(ours[0][key], value, rtol=1e-10, atol=1e-13, err_msg=key)
+        np.testing.assert_allclose(ours.ema[key], reference.ema[key], rtol=1e-10, atol=1e-13,
+                                   err_msg=f"EMA {key}")
+    assert any(not np.array_equal(ours.ema[k], v) for k, v in ours[0].items()
+               if v.dtype.kind == "f")  # the averaged weights are not the live ones
     assert set(ours[1]["buffers"]) == {"exp_avg", "exp_avg_sq"}
     for key, value in reference[1]["buffers"].items():
         np.testing.assert_allclose(ours[1]["buffers"][key], value, rtol=1e-10, atol=1e-16,

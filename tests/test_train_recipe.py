@@ -1,7 +1,8 @@
 """The training recipe end to end under a real mpiexec (2 ranks): fp16 mixed precision learns
 the digits, an absurd initial loss scale skips the first steps alike on every rank and then
-converges, resume with amp, EMA and clipping is bit-exact, grad_norm is logged; bf16 without
-ml_dtypes is a configuration error."""
+converges, resume with amp, EMA and clipping is bit-exact, grad_norm is logged; under ZeRO-1
+(optim.shard) fp16 skips the steps the unsharded run skips and the CLI runs with EMA; bf16
+without ml_dtypes is a configuration error."""
 import json
 import shutil
 
@@ -42,6 +43,39 @@ def test_absurd_initial_scale_skips_alike_then_converges(tmp_path):
     assert ranks[0] == ranks[1]  # the same skipped steps, scale and parameters on both
     assert 20 <= ranks[0]["skipped"] <= 30 and ranks[0]["scale"] < 2.0**16
     assert ranks[0]["val_accuracy"] > 0.93
+
+
+def test_sharded_fp16_skips_the_same_steps_as_unsharded(tmp_path):
+    """optim.shard=true under fp16 with the absurd initial scale, 2 ranks: each rank sees only
+    its shard's gradient, yet both skip the same steps as the unsharded run, with the same
+    loss scale at every step and the same final parameters to the bit (float32: with 2 ranks
+    reduce-scatter and allreduce add the same two values; no clipping, whose norm is summed
+    in another order)."""
+    seen = {}
+    for shard in ("false", "true"):
+        prefix = tmp_path / f"out-{shard}"
+        done = mpi.launch(2, "absurd_scale", prefix, tmp_path / shard, *SMALL,
+                          "optim.name=adam", "train.max_steps=40", "log.every_steps=1",
+                          f"optim.shard={shard}", timeout=300)
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        ranks = [json.loads((tmp_path / f"out-{shard}-{r}.json").read_text()) for r in range(2)]
+        assert ranks[0] == ranks[1]  # the same skipped steps, scale and parameters on both
+        scales = [r["loss_scale"] for r in read_records(tmp_path / shard)
+                  if r["split"] == "train" and r.get("scope") != "epoch"]
+        seen[shard] = ranks[0], scales
+    assert seen["true"] == seen["false"]
+    assert 15 <= seen["true"][0]["skipped"] < 40 and len(seen["true"][1]) == 40
+
+
+def test_sharded_cli_run_with_fp16_and_ema_finishes(tmp_path):
+    """optim.shard=true train.amp=fp16 train.ema_decay=0.99 on 2 ranks through the CLI: exit
+    0, the final checkpoint holds the averaged weights and the loss scaler's state."""
+    done = ok(run(2, tmp_path / "run", *SMALL, "optim.shard=true", "train.amp=fp16",
+                  "train.ema_decay=0.99", "optim.clip_grad_norm=1", "train.max_steps=20"))
+    assert "done: 20 steps" in done.stdout
+    final = checkpoint.read(tmp_path / "run" / "checkpoints" / "step-000000020.h5")
+    assert final.ema is not None and sorted(final.ema) == sorted(final[0])
+    assert final[2]["recipe"]["scaler"]["scale"] > 0 and final[1]["step"] > 0
 
 
 def test_bf16_without_ml_dtypes_is_a_configuration_error(tmp_path):

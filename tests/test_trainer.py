@@ -163,9 +163,20 @@ def test_fine_tuning_and_a_one_step_spike_run_to_the_end(tmp_path):
     assert "step 40 (train.max_steps)" in spiky.stdout
 
 
-def test_sharding_refuses_what_it_does_not_combine_with_yet(tmp_path):
-    for extra in ("train.amp=bf16", "train.ema_decay=0.9"):
-        with pytest.raises(ConfigError, match="optim.shard does not combine"):
-            Trainer(overrides=[f"log.run_dir={tmp_path / 'run'}", "optim.shard=true", extra,
-                               "model.name=mlp", "model.hidden=[8]", *QUIET],
-                    comm=LocalCommunicator()).fit()
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_sharding_combines_with_mixed_precision_and_ema(tmp_path, amp):
+    """optim.shard=true with train.amp and train.ema_decay, one process: the same weights,
+    averaged weights and loss scale as the unsharded run, bit for bit."""
+    saved = {}
+    for shard in ("false", "true"):
+        Trainer(overrides=[f"log.run_dir={tmp_path / shard}", f"optim.shard={shard}",
+                           f"train.amp={amp}", "train.ema_decay=0.9", "train.max_steps=6",
+                           "optim.name=adam", "train.bucket_mb=0.001", "model.name=mlp",
+                           "model.hidden=[8]", *QUIET], comm=LocalCommunicator()).fit()
+        saved[shard] = checkpoint.read(tmp_path / shard / "checkpoints" / "step-000000006.h5")
+    for group in (lambda c: c[0], lambda c: c.ema, lambda c: c[1]["buffers"]):
+        a, b = group(saved["true"]), group(saved["false"])
+        assert sorted(a) == sorted(b)
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert saved["true"][2]["recipe"] == saved["false"][2]["recipe"]

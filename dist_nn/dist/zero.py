@@ -18,7 +18,9 @@ the model, runs the wrapped optimizer on the shard, and allgathers the updated p
 bucket by bucket. Every optimizer works unchanged: their updates are elementwise, weight
 decay and L1 follow the shard's decay mask. A global quantity of the gradient (the norm for
 clipping, a non-finite check) is the shard's part plus one small allreduce:
-`ShardedGradSync.grad_sq_norm()`.
+`ShardedGradSync.grad_sq_norm()`; so is fp16's overflow verdict (`all_finite`), which every
+rank must share to skip the same steps. After the allgather the parameters are whole on
+every rank: the weight EMA and autocast work on the full flat buffer as unsharded.
 
 Checkpoints keep the unsharded format: `ShardedOptimizer.state_dict()` (called on every
 rank) gathers the full state on rank 0; `load_state_dict()` takes the full state and keeps
@@ -63,6 +65,13 @@ class ShardedGradSync(GradSync):
         total = numpy.array([squared_norm(self.shard.grad)])
         self.comm.allreduce(total)
         return float(total[0])
+
+    def all_finite(self, finite):
+        """True on every rank when `finite` (this rank's verdict on its shard) is True on
+        all of them: one allreduce of one value."""
+        failed = numpy.array([0.0 if finite else 1.0])
+        self.comm.allreduce(failed)
+        return failed[0] == 0
 
     def gather_parameters(self):
         """Every rank's updated shard into every rank's model."""

@@ -17,19 +17,23 @@ import contextlib
 from .. import nn
 from .clip import clip_grad_norm, grad_norm
 from .ema import WeightEMA
+from .flat import FlatShard
 from .scaler import LossScaler
 
 
 class StepRecipe:
-    """`norm`: a function giving the synchronized gradient's global L2 norm, for an optimizer
-    whose flat buffer holds only this rank's shard of it (ZeRO-1: the shard's part plus one
-    allreduce); by default the norm of `optimizer.flat.grad`."""
+    """For an optimizer whose flat buffer holds only this rank's shard of the gradient
+    (ZeRO-1's, on a FlatShard), `norm` gives the synchronized gradient's global L2 norm and
+    `agree` turns this rank's fp16 overflow verdict into every rank's (each: the shard's part
+    plus one allreduce); unsharded, the norm is that of `optimizer.flat.grad` and every rank
+    already sees the whole gradient. Autocast and the EMA always work on the whole flat
+    buffer: the sharded optimizer's step ends with the parameters allgathered."""
 
     def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0,
-                 norm=None):
-        self.optimizer, self.clip = optimizer, clip_grad_norm
+                 norm=None, agree=None):
+        self.optimizer, self.clip, self.agree = optimizer, clip_grad_norm, agree
         self.norm = norm or (lambda: grad_norm(optimizer.flat))
-        flat = optimizer.flat
+        flat = optimizer.flat.flat if isinstance(optimizer.flat, FlatShard) else optimizer.flat
         self._autocast = nn.amp.Autocast(model, flat, amp) if amp != "off" else None
         self.scaler = LossScaler() if amp == "fp16" else None  # bfloat16 has float32's range
         self.ema = WeightEMA(model, flat, ema_decay) if ema_decay else None
@@ -45,7 +49,8 @@ class StepRecipe:
     def unscale(self):
         """After the gradient allreduce: unscale (fp16); True when a gradient overflowed and
         this step will be skipped."""
-        self.overflow = bool(self.scaler) and not self.scaler.unscale(self.optimizer.flat)
+        self.overflow = bool(self.scaler) and \
+            not self.scaler.unscale(self.optimizer.flat, self.agree)
         return self.overflow
 
     def step(self):

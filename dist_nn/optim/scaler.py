@@ -19,7 +19,7 @@ clean steps in a row it doubles. A hand-written loop:
 import numpy
 
 from .. import backend
-from .flat import FlatParameters
+from .flat import FlatParameters, FlatShard
 
 
 class LossScaler:
@@ -41,20 +41,21 @@ class LossScaler:
         with numpy.errstate(over="ignore"):  # a scale grown past float32's range: Inf
             return float(numpy.float32(value))
 
-    def unscale(self, flat_or_params):
+    def unscale(self, flat_or_params, agree=None):
         """Divide the gradients by the scale in place (once per step); True when all of
-        them are finite."""
+        them are finite. `agree`: a function turning this process's verdict into every
+        rank's, for gradients each rank holds a part of (a ZeRO-1 shard)."""
         if self.finite is not None:
             raise RuntimeError("unscale() was already called this step; call update() first")
-        grads = [flat_or_params.grad] if isinstance(flat_or_params, FlatParameters) \
+        grads = [flat_or_params.grad] if isinstance(flat_or_params, (FlatParameters, FlatShard)) \
             else [p.grad for p in flat_or_params if p.requires_grad]
         inverse = self._float32(1.0 / self.scale)  # torch: the float64 reciprocal, in float32
         finite = True
         for g in grads:
             g *= inverse
             finite = finite and bool(backend.get_array_module(g).isfinite(g).all())
-        self.finite = finite
-        return finite
+        self.finite = agree(finite) if agree else finite
+        return self.finite
 
     def step(self, optimizer):
         """optimizer.step() unless a gradient is Inf/NaN (unscaling first if not done);

@@ -22,7 +22,8 @@ def results(tmp_path_factory):
     seen = {}
     for n in WORLD_SIZES:
         path = tmp_path_factory.mktemp(f"sharded-{n}")
-        seen[n] = mpi.run_json(n, "sharded", path, path, *CASES, *RESUMED, "overlap:mlp")
+        seen[n] = mpi.run_json(n, "sharded", path, path, *CASES, *RESUMED, "overlap:mlp",
+                               "overflow:fp16")
     return seen
 
 
@@ -73,6 +74,27 @@ def test_first_reduce_scatter_starts_before_backward_ends(results, ranks):
     assert seen["starts"][0] < seen["modules"], seen  # while backward was still running
     assert seen["starts"] == sorted(seen["starts"])
     assert seen["parameters_identical"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", WORLD_SIZES)
+def test_fp16_overflow_in_one_shard_skips_the_step_on_every_rank(results, ranks):
+    """Steps 1 and 3 get an Inf in rank 0's shard only (and at the initial scale 2^16 float16
+    also overflows in some shards by itself; in step 3 every other rank's shard is finite):
+    every rank skips exactly the steps in which any shard overflowed, even with its own shard
+    finite, and halves its loss scale; the ranks stay identical."""
+    seen = results[ranks]["overflow:fp16"]
+    any_overflow = [not all(step) for step in zip(*(rank["local"] for rank in seen))]
+    assert any_overflow[1] and any_overflow[3] and not any_overflow[4]
+    assert all(rank["local"][3] for rank in seen[1:])  # in step 3 only rank 0 saw one
+    for rank in seen:
+        assert rank["agreed"] == [not o for o in any_overflow]
+        assert rank["skipped"] == any_overflow
+        assert rank == {**seen[0], "local": rank["local"]}  # same scales and parameters
+    scale = 2.0**16
+    for overflowed, after in zip(any_overflow, seen[0]["scales"]):
+        scale = scale / 2 if overflowed else scale
+        assert after == scale
 
 
 def local_run(shard, optimizer="adam", bucket_mb=100 * 8 / 2**20):

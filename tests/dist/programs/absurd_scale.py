@@ -23,7 +23,8 @@ def main(out_prefix, run_dir, *overrides):
     trainer = AbsurdScale(None, [f"log.run_dir={run_dir}", "train.amp=fp16", *overrides])
     result = trainer.fit()
     scaler = trainer.recipe.scaler
-    digest = hashlib.sha256(backend.to_host(trainer.opt.flat.data).tobytes()).hexdigest()
+    # the whole parameter buffer (under optim.shard, opt.flat is this rank's shard)
+    digest = hashlib.sha256(backend.to_host(trainer.sync.flat.data).tobytes()).hexdigest()
     with open(f"{out_prefix}-{trainer.comm.rank}.json", "w") as f:
         json.dump({"skipped": scaler.skipped, "scale": scaler.scale, "parameters": digest,
                    "val_accuracy": result["val_accuracy"], "step": result["step"]}, f)

@@ -6,8 +6,9 @@ world sizes. Rank 0 writes what it saw as JSON.
 
 A case is `optimizer:variant` (OPTIMIZERS x VARIANTS below); `resume:optimizer`: a chain of
 runs of 5 steps, each resuming from the previous one's checkpoint with another world size or
-sharding (CHAINS), against 20 uninterrupted steps of one process; or `overlap:mlp`: when the
-buckets' reduce-scatters start during backward.
+sharding (CHAINS), against 20 uninterrupted steps of one process; `overlap:mlp`: when the
+buckets' reduce-scatters start during backward; or `overflow:fp16`: an Inf in rank 0's shard
+of the gradient only, under fp16 loss scaling.
 """
 import contextlib
 import json
@@ -170,6 +171,33 @@ def overlap(comm):
             "parameters_identical": all(np.array_equal(p, parameters[0]) for p in parameters)}
 
 
+def overflow(comm):
+    """fp16 steps whose gradient is Inf in rank 0's shard only (steps 1 and 3 of 5): every
+    rank must skip them (and halve its loss scale) although only rank 0 sees the Inf."""
+    run = Run(comm, "adam", shard=True)
+    run.recipe = optim.StepRecipe(run.model, run.opt, amp="fp16", norm=lambda: math.sqrt(
+        run.sync.grad_sq_norm()), agree=run.sync.all_finite)
+    local, agreed, scales, skipped = [], [], [], []
+    for step in range(5):
+        run.opt.zero_grad()
+        x, y = micro_batch(step, 0, PER_RANK * comm.size, SHAPE)
+        mine = slice(comm.rank * PER_RANK, (comm.rank + 1) * PER_RANK)
+        with run.recipe.autocast():
+            run.loss.forward(run.model.forward(x[mine]), y[mine])
+            run.model.backward(run.recipe.scale(run.loss.backward()))
+        run.sync.wait()
+        if step in (1, 3) and comm.rank == 0:
+            run.sync.shard.grad[-1] = np.inf
+        local.append(bool(np.isfinite(run.sync.shard.grad).all()))
+        before = run.parameters()
+        agreed.append(not run.recipe.unscale())
+        run.recipe.step()
+        skipped.append(bool(np.array_equal(before, run.parameters())))
+        scales.append(run.recipe.scaler.scale)
+    return comm.allgather_obj({"local": local, "agreed": agreed, "scales": scales,
+                               "skipped": skipped, "parameters": run.parameters().tolist()})
+
+
 def sub_communicator(world, ranks):
     """A communicator of the first `ranks` ranks (None on the others)."""
     if ranks == 1:
@@ -218,7 +246,8 @@ def main(out, directory, cases):
     for case in cases:
         kind, name = case.split(":")
         results[case] = (resume_chain(comm, name, directory) if kind == "resume" else
-                         overlap(comm) if kind == "overlap" else equivalence(comm, kind, name))
+                         overlap(comm) if kind == "overlap" else
+                         overflow(comm) if kind == "overflow" else equivalence(comm, kind, name))
     if comm.rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
