@@ -459,9 +459,10 @@ class Trainer:
                 f"({saved['error']}); {newest}")
 
     def finish(self):
-        """The final checkpoint (when the last step did not write one), the final validation
-        when this process has not run one (a resumed run that had already ended), plots."""
-        if self.out_of_steps():
+        """The final checkpoint (when the last step has none on disk yet: a step budget that
+        ended mid-epoch, or a failed write tried once more), the final validation when this
+        process has not run one (a resumed run that had already ended), plots."""
+        if self.out_of_steps() and self.missing_final_checkpoint():
             self.save()
         if self.evaluation and "val_loss" not in self.metrics:
             seen = self.validate()

@@ -12,7 +12,9 @@ Every dataset carries HDF5's Fletcher-32 chunk checksums, so bytes changed later
 when read (dataset.py). Files are written under a temporary name and renamed when complete,
 so a failed conversion never leaves a file that looks valid.
 """
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -31,6 +33,16 @@ def shard_paths(path, shards):
         return [path.with_suffix(".h5") if path.suffix != ".h5" else path]
     stem = path.name[:-3] if path.name.endswith(".h5") else path.name
     return [path.with_name(f"{stem}-{k:05d}-of-{shards:05d}.h5") for k in range(shards)]
+
+
+def check_space(directory, payload):
+    """Refuse, before writing, a file that cannot fit: HDF5 cannot close a file whose disk
+    filled up under it (its final flush fails again, and the process crashes at exit)."""
+    needed = payload + payload // 100 + (1 << 20)  # chunk index, checksums, metadata
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"{needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
+                      "free", str(directory))
 
 
 class DatasetWriter:
@@ -68,10 +80,11 @@ class DatasetWriter:
         self.written = {split: 0 for split in counts}
         channels = self.sample_shape[0]
         self.sums = numpy.zeros((2, channels))  # per channel: sum x, sum x^2 of train
-        self.files = []
         for tmp in self.temporary:
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            self.files.append(h5py.File(tmp, "w"))
+        if compression is None:
+            check_space(self.temporary[0].parent, sum(counts.values()) * (sample_bytes + 8))
+        self.files = [h5py.File(tmp, "w") for tmp in self.temporary]
         for k, f in enumerate(self.files):
             for split in counts:
                 n = self.bounds[split][k + 1] - self.bounds[split][k]

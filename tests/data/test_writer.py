@@ -1,4 +1,6 @@
 """DatasetWriter: the layout, shards, statistics, validation and atomic publication."""
+import errno
+
 import h5py
 import numpy as np
 import pytest
@@ -78,3 +80,12 @@ def test_extra_attributes_travel_with_every_shard(tmp_path, samples):
 def test_empty_splits_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"must not be empty: \['val'\]"):
         DatasetWriter(tmp_path / "d.h5", 2, (1, 2, 2), np.uint8, {"train": 3, "val": 0}, "t")
+
+
+def test_a_file_that_cannot_fit_is_refused_before_writing(tiny_tmpfs):
+    """HDF5 cannot close a file whose disk filled up under it (the process then crashes at
+    exit), so a data set larger than the free space is refused before anything is written."""
+    disk = tiny_tmpfs("64k")
+    with pytest.raises(OSError, match="MiB needed") as error:
+        DatasetWriter(disk / "big.h5", 10, (3, 32, 32), np.uint8, {"train": 1000}, "test")
+    assert error.value.errno == errno.ENOSPC and not list(disk.iterdir())

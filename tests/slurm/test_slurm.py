@@ -72,7 +72,10 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path):
     while cluster.job_state(job)[1].get("Restarts", "0") == "0":
         assert time.monotonic() < deadline, (tmp_path / "preempted.out").read_text()
         time.sleep(0.2)
-    # SLURM holds a requeued batch job back ~2 minutes; the test does not wait for that
+    # SLURM holds a requeued batch job back ~2 minutes; the test does not wait for that, only
+    # for slurmd to finish the first start: started again at once, the job is killed with
+    # "Job credential revoked" (the revocation of the first start's credential)
+    time.sleep(5)
     cluster.run("scontrol", "update", f"jobid={job}", "starttime=now")
     cluster.wait(job)
     output = (tmp_path / "preempted.out").read_text()
