@@ -14,8 +14,8 @@ FORMAT --help lists a format's options. The written file(s) are printed, one per
 on them with `python -m dist_nn.train data.path=PATH` (a glob such as "out-*.h5" for shards).
 A file written with a /val split is evaluated after every epoch.
 
-exit status: 0 written; 2 bad arguments or malformed input (one message naming the file and
-what is wrong; nothing is left under the output name)."""
+exit status: 0 written; 2 bad arguments, malformed input or an output that cannot be written
+(one message naming the file and what is wrong; nothing is left under the output name)."""
 
 
 def main(argv=None):
@@ -25,7 +25,7 @@ def main(argv=None):
     module = importlib.import_module(f".{args.pop('module')}", __package__)
     try:
         paths = module.convert(**args)
-    except ValueError as error:  # malformed input: the message says what and where, no traceback
+    except (ValueError, OSError) as error:  # malformed input, a full disk: one message
         print(f"python -m datasets {command}: error: {error}", file=sys.stderr)
         return EXIT_DATA
     for path in paths:

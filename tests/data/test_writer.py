@@ -1,11 +1,17 @@
 """DatasetWriter: the layout, shards, statistics, validation and atomic publication."""
 import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from dist_nn.data import DatasetWriter, HDF5Split
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path, x, y, shards=1, **options):
@@ -89,3 +95,9 @@ def test_a_file_that_cannot_fit_is_refused_before_writing(tiny_tmpfs):
     with pytest.raises(OSError, match="MiB needed") as error:
         DatasetWriter(disk / "big.h5", 10, (3, 32, 32), np.uint8, {"train": 1000}, "test")
     assert error.value.errno == errno.ENOSPC and not list(disk.iterdir())
+    done = subprocess.run([sys.executable, "-m", "datasets", "synthetic", "--samples", "1000",
+                           "--shape", "3", "32", "32", "--out", str(disk / "s.h5")], cwd=ROOT,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "MiB needed" in done.stderr and "Traceback" not in \
+        done.stderr, done.stderr
