@@ -228,7 +228,8 @@ class Trainer:
         self.epoch_sums, self.window_sums = numpy.zeros(5), numpy.zeros(5)
         self.window_start = time.perf_counter()
         self.progress = Progress(self.steps_per_epoch, self.state["epoch"],
-                                 enabled=self.comm.rank == 0)
+                                 enabled=self.comm.rank == 0,
+                                 first_step=self.state["step"] - self.state["batch"] // self.micro)
         batches = self.loader.epoch_batches(self.state["epoch"], self.state["batch"])
         while self.state["batch"] < self.steps_per_epoch * self.micro and \
                 not self.out_of_steps():

@@ -161,6 +161,8 @@ def test_fine_tuning_and_a_one_step_spike_run_to_the_end(tmp_path):
               if r["split"] == "train" and r.get("scope") != "epoch"}
     assert losses[3] > 3 * losses[1] and losses[40] < losses[1], losses
     assert "step 40 (train.max_steps)" in spiky.stdout
+    line = re.search(r"epoch 1 step 24 \(2/22\) loss ([\d.]+)", spiky.stderr)  # console
+    assert line and abs(float(line.group(1)) - losses[24]) < 1e-4, spiky.stderr
 
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])

@@ -13,9 +13,9 @@ def run_epoch(progress, steps):
 
 def test_plain_lines_every_few_steps_and_at_the_end():
     stream = io.StringIO()
-    run_epoch(Progress(total_steps=25, epoch=3, stream=stream, every=10), 25)
+    run_epoch(Progress(total_steps=25, epoch=3, stream=stream, every=10, first_step=100), 25)
     assert stream.getvalue().splitlines() == [
-        f"epoch 3 step {step}/25 loss 0.4123 acc 0.8734 lr 0.05 1234 samples/s"
+        f"epoch 3 step {100 + step} ({step}/25) loss 0.4123 acc 0.8734 lr 0.05 1234 samples/s"
         for step in (10, 20, 25)]
 
 
@@ -23,7 +23,7 @@ def test_an_epoch_cut_short_ends_on_its_last_step():
     stream = io.StringIO()
     run_epoch(Progress(total_steps=25, epoch=0, stream=stream, every=10), 13)
     assert [line.split(" loss")[0] for line in stream.getvalue().splitlines()] == [
-        "epoch 0 step 10/25", "epoch 0 step 13/25"]
+        "epoch 0 step 10 (10/25)", "epoch 0 step 13 (13/25)"]
 
 
 def test_other_values_are_printed_by_name():
@@ -31,7 +31,7 @@ def test_other_values_are_printed_by_name():
     progress = Progress(total_steps=1, epoch=0, stream=stream)
     progress.update(1, loss=1.0, grad_norm=12.3456)
     progress.close()
-    assert stream.getvalue() == "epoch 0 step 1/1 loss 1.0000 grad_norm 12.35\n"
+    assert stream.getvalue() == "epoch 0 step 1 (1/1) loss 1.0000 grad_norm 12.35\n"
 
 
 def test_disabled_prints_nothing():
