@@ -8,7 +8,9 @@ A step is forward, softmax cross-entropy, backward (without the gradient of the 
 neither library needs) and an SGD step (momentum 0.9, weight decay 5e-4 on weights only) on a
 fixed random float32 batch. The PyTorch model is dist_nn's own model
 exported with torch_interop.to_torch_module: the same layers, sizes and initial weights.
-Rounds alternate between the two; the median steps/s of each is reported.
+Rounds alternate between the two; the median steps/s of each is reported, and the median of
+the rounds' ratios (each round's pair ran back to back, so a machine whose speed drifts, as a
+shared virtual machine's does, slows both alike).
 
 GFLOP/s: the multiply-adds of every Conv2d and Linear in a step (forward, input and weight
 gradients, 2 FLOPs each), divided by the step's time: what the GEMMs achieve within a step.
@@ -239,8 +241,10 @@ def main():
             for key, step in (("ours", ours), ("torch", theirs)):
                 rates[key].append(steps_per_second(step, args.seconds, syncs[key]))
         ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
+        # the ratio of each round's pair: a machine whose speed drifts slows both alike
+        ratio = statistics.median(o / t for o, t in zip(rates["ours"], rates["torch"]))
         line = (f"{name:10} {len(x):5d} {ours_rate:9.2f} {torch_rate:8.2f} "
-                f"{ours_rate / torch_rate:6.2f} {flops * ours_rate / 1e9:7.1f} "
+                f"{ratio:6.2f} {flops * ours_rate / 1e9:7.1f} "
                 f"{flops * torch_rate / 1e9:6.1f}")
         if memory:
             line += " " + " ".join(f"{memory_in_fresh_process(lib, name, mode):{w}.0f}"

@@ -102,9 +102,14 @@ def to_device(array, dtype=None):
     return xp.asarray(array, dtype=dtype)
 
 
+def on_gpu(array):
+    """True for a CuPy (device) array."""
+    return cupy is not None and isinstance(array, cupy.ndarray)
+
+
 def to_host(array):
     """A NumPy array with the same values (no copy when it already is one)."""
-    if cupy is not None and isinstance(array, cupy.ndarray):
+    if on_gpu(array):
         return array.get()
     return numpy.asarray(array)
 
