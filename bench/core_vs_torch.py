@@ -167,7 +167,7 @@ def memory_in_fresh_process(library, name, mode):
 
 
 # --- per-layer-type profile of our step ---------------------------------------------------------
-def profile(name, steps=5):
+def profile(name, steps=20):
     """Seconds per step spent in each leaf layer type's forward and backward, and the rest."""
     x, y = batch_for(name)
     model = build_ours(name)

@@ -2,8 +2,12 @@
 
 Max and average pooling loop over the kh*kw kernel offsets, each a strided view of the
 padded input, so memory stays at the size of the output and any stride/padding works.
+MaxPool2d's backward takes 2-3 passes per offset that way; with the `fast` extra (kernels.py)
+it is one compiled pass. (A compiled forward was measured slower than NumPy's passes: its
+data-dependent branches cost more than the passes do.)
 """
 from .. import backend
+from . import kernels
 from .module import Module, grad_enabled
 from .windows import check_image, offset_slice, out_size, pad, pair, unpad
 
@@ -70,15 +74,32 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
-        overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
+        winner = self.kept(self.winner)
         dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
+        if kernels.usable(dy, dx_padded):
+            _max_pool_backward_kernel(dy, winner, self.kernel_size[1], *self.stride, dx_padded)
+            return self._dx(dx_padded)
+        overlapping = any(s < k for s, k in zip(self.stride, self.kernel_size))
         for t, index in enumerate(self.offsets):
-            share = dy * (self.kept(self.winner) == t)
+            share = dy * (winner == t)
             if overlapping:
                 dx_padded[index] += share
             else:
                 dx_padded[index] = share
         return self._dx(dx_padded)
+
+
+# --- compiled kernel (`fast` extra): backward's loop over offsets in one pass ------------------
+@kernels.compiled
+def _max_pool_backward_kernel(dy, winner, kw, sh, sw, dx_padded):
+    """dx_padded += each dy at its window's winning offset i * kw + j."""
+    n, c, ho, wo = dy.shape
+    for a in range(n):
+        for ch in range(c):
+            for p in range(ho):
+                for q in range(wo):
+                    i, j = divmod(winner[a, ch, p, q], kw)
+                    dx_padded[a, ch, p * sh + i, q * sw + j] += dy[a, ch, p, q]
 
 
 class AvgPool2d(_Pool2d):

@@ -138,3 +138,13 @@ def reference_tests(cases):
         return test
     return tuple(parametrized(c) for c in (check_against_fixture, check_against_torch,
                                           check_float32, check_case_gradients))
+
+
+def check_compiled_equals_numpy(case, dtype):
+    """The layer's compiled kernels (`fast` extra) against its NumPy formula on a case."""
+    inputs, _ = split_fixture(case)
+    results = []
+    for compiled in (False, True):
+        with nn.kernels.using(compiled):
+            results.append(our_outputs(case, inputs, dtype))
+    assert_matches(results[1], results[0], case.name, 1e-6 if dtype == "float32" else 1e-14)

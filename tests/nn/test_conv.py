@@ -96,12 +96,7 @@ def test_unknown_layout():
 def test_compiled_col2im_equals_numpy(case, dtype):
     """The compiled scatter of column gradients (strided convolutions) against kh*kw NumPy
     additions, on every case."""
-    inputs, _ = check.split_fixture(case)
-    results = []
-    for compiled in (False, True):
-        with nn.kernels.using(compiled):
-            results.append(check.our_outputs(case, inputs, dtype))
-    check.assert_matches(results[1], results[0], case.name, 1e-6 if dtype == "float32" else 1e-14)
+    check.check_compiled_equals_numpy(case, dtype)
 
 
 def test_columns_in_batch_slices_give_the_same_result(monkeypatch):

@@ -19,7 +19,22 @@ def test_stride_defaults_to_the_kernel_size():
     assert nn.MaxPool2d(3, stride=1).stride == (1, 1)
 
 
-def test_max_pool_tie_sends_the_gradient_to_the_first_maximum():
+@pytest.mark.skipif(nn.kernels.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_max_pool_equals_numpy(case, dtype):
+    check.check_compiled_equals_numpy(case, dtype)
+
+
+@pytest.fixture(params=[False, True], ids=["numpy", "compiled"])
+def compiled(request):
+    if request.param and nn.kernels.numba is None:
+        pytest.skip("numba is not installed")
+    with nn.kernels.using(request.param):
+        yield
+
+
+def test_max_pool_tie_sends_the_gradient_to_the_first_maximum(compiled):
     """Constant windows: PyTorch routes each window's gradient to its first element."""
     x = np.ones((1, 2, 4, 6))
     dy = np.arange(1.0, 13.0).reshape(1, 2, 2, 3)
@@ -36,11 +51,20 @@ def test_max_pool_tie_sends_the_gradient_to_the_first_maximum():
         np.testing.assert_array_equal(dx, xt.grad.numpy())
 
 
-def test_max_pool_padding_never_wins():
+def test_max_pool_padding_never_wins(compiled):
     x = -np.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # all negative: a zero pad would win
     y = nn.MaxPool2d(3, stride=1, padding=1).forward(x)
     assert (y < 0).all()
     assert y[0, 0, 1, 1] == -1.0 and y[0, 0, 2, 2] == -5.0
+
+
+def test_max_pool_window_with_nan_is_nan(compiled):
+    """A NaN anywhere in a window makes its maximum NaN, as in PyTorch (and numpy.maximum)."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = x[0, 0, 3, 2] = np.nan
+    y = nn.MaxPool2d(2).forward(x)
+    np.testing.assert_array_equal(np.isnan(y), [[[[True, False], [False, True]]]])
+    np.testing.assert_array_equal(y[0, 0, [0, 1], [1, 0]], [7.0, 13.0])
 
 
 @pytest.mark.parametrize("cls", [nn.MaxPool2d, nn.AvgPool2d])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from dist_nn import backend, optim
-from dist_nn.nn import Linear, Parameter, Sequential
+from dist_nn.nn import Linear, Parameter, Sequential, kernels
 from tests.reference import fixtures
 from tests.reference import optim as reference
 
@@ -31,6 +31,22 @@ def test_matches_torch_live(case):
     with backend.using(dtype="float64"):
         ours = reference.our_outputs(case, inputs)
     assert_trajectories_equal(ours, reference.torch_outputs(TORCH, case, inputs))
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", [c for c in reference.CASES if reference.CASES[c][0] is optim.SGD])
+def test_compiled_sgd_equals_numpy(case, dtype):
+    """SGD's one-pass compiled step against its NumPy formula, on every SGD case."""
+    stored = fixtures.load("optim")[case]
+    results = []
+    for compiled in (False, True):
+        with backend.using(dtype=dtype), kernels.using(compiled):
+            results.append(reference.our_outputs(case, stored))
+    tolerance = 1e-6 if dtype == "float32" else 1e-14
+    for key, expected in results[0].items():
+        np.testing.assert_allclose(results[1][key], expected, rtol=tolerance, atol=tolerance,
+                                   err_msg=key)
 
 
 def test_trajectories_move():
