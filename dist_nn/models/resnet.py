@@ -24,15 +24,16 @@ class PadShortcut(nn.Module):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        self.in_shape = x.shape
+        self.in_shape, self.in_channels_last = x.shape, nn.channels_last(x)
         sub = x[:, :, ::2, ::2]
-        y = xp.zeros((len(x), self.planes) + sub.shape[2:], dtype=x.dtype)
+        y = nn.new_image(xp, (len(x), self.planes) + sub.shape[2:], x.dtype,
+                         self.in_channels_last, fill=0)
         y[:, self.before:self.before + self.in_planes] = sub
         return y
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
-        dx = xp.zeros(self.in_shape, dtype=dy.dtype)
+        dx = nn.new_image(xp, self.in_shape, dy.dtype, self.in_channels_last, fill=0)
         dx[:, :, ::2, ::2] = dy[:, self.before:self.before + self.in_planes]
         return dx
 

@@ -16,9 +16,11 @@ it, whose module then passes through: one pass less each way, and with the compi
 Speed: per-channel coefficients are spread to (C*L,) rows, so that every element-wise pass
 broadcasts over the batch dimension only (NumPy's fast path).
 """
+import collections
+
 from .. import backend
 from . import init, kernels
-from .module import Module, Parameter, grad_enabled
+from .module import Module, Parameter, channels_last, grad_enabled
 
 
 class _BatchNorm(Module):
@@ -48,10 +50,32 @@ class _BatchNorm(Module):
                              f"{' or '.join(map(str, self.input_dims))} dimensions with "
                              f"{self.num_features} channels in dim 1, got shape {tuple(x.shape)}")
 
+    def _view(self, x):
+        """x as three dimensions, a view: (N, C, L) ("ncl"), or (N, L, C) ("nlc") when x is
+        in channels-last memory (as NHWC convolutions hand it on)."""
+        n, c = x.shape[:2]
+        if self.layout == "nlc":
+            return x.transpose(0, *range(2, x.ndim), 1).reshape(n, -1, c)
+        return x.reshape(n, c, -1)
+
+    def _unview(self, x3, shape):
+        """The inverse of _view: x3 as an array of `shape`, in x3's memory."""
+        if self.layout == "nlc":
+            return x3.reshape(shape[0], *shape[2:], shape[1]).transpose(
+                0, len(shape) - 1, *range(1, len(shape) - 1))
+        return x3.reshape(shape)
+
     def _spread(self, per_channel, dtype):
-        """(C,) -> (C*L,): one value per element of a sample, repeated along L."""
+        """(C,) -> (C*L,): one value per element of a sample, repeated along L ("ncl") or
+        tiled L times ("nlc")."""
         xp = backend.get_array_module(per_channel)
-        return xp.repeat(per_channel.astype(dtype, copy=False), self.length)
+        spread = xp.repeat if self.layout == "ncl" else xp.tile
+        return spread(per_channel.astype(dtype, copy=False), self.length)
+
+    def _sum(self, *arrays):
+        """Per-channel sum over the batch (and L) of the product of 3-D views."""
+        xp = backend.get_array_module(arrays[0])
+        return xp.einsum(",".join([self.layout] * len(arrays)) + "->c", *arrays)
 
     def forward(self, x):
         """Keeps one array for backward, x - K (fused with a ReLU, also the output, which is
@@ -60,15 +84,17 @@ class _BatchNorm(Module):
         self._check(x)
         n, c = x.shape[:2]
         self.length = x[0, 0].size
-        x3 = x.reshape(n, c, self.length)
+        self.layout = "nlc" if channels_last(x) else "ncl"
+        x3 = self._view(x)
         centred3 = xp.empty(x3.shape, dtype=x.dtype)  # x - K
         if self.training:
-            shift = (xp.einsum("ncl->c", x3) * (1.0 / (n * self.length))).astype(x.dtype)
+            shift = (self._sum(x3) * (1.0 / (n * self.length))).astype(x.dtype)
             mean, var = self._batch_statistics(x3, shift, centred3)
             self._update_running_stats(mean, var * (self.count / (self.count - 1)))
         else:
             shift = self.running_mean.astype(x.dtype)
-            xp.subtract(x3, shift[:, None], out=centred3)
+            xp.subtract(x3.reshape(n, -1), self._spread(shift, x.dtype),
+                        out=centred3.reshape(n, -1))
             self.count, mean, var = None, self.running_mean, self.running_var
         # xhat = (x - mean) * inv_std = (centred - offset) * inv_std
         offset = (mean - shift).astype(x.dtype)
@@ -80,7 +106,7 @@ class _BatchNorm(Module):
         # evaluation under no_grad keeps nothing: normalise x - K in place
         y3 = centred3 if not (self.training or grad_enabled()) else xp.empty_like(centred3)
         if kernels.usable(centred3, scale, shift_out, y3):
-            _normalize_kernel(centred3, scale, shift_out, self.relu, y3)
+            _KERNELS[self.layout].normalize(centred3, scale, shift_out, self.relu, y3)
         else:
             y = xp.multiply(centred3.reshape(n, -1), self._spread(scale, x.dtype),
                             out=y3.reshape(n, -1))
@@ -89,7 +115,7 @@ class _BatchNorm(Module):
                 xp.maximum(y, 0, out=y)
         self.keep(centred=centred3, y=y3 if self.relu else None)
         self.offset, self.inv_std = offset, inv_std
-        return y3.reshape(x.shape)
+        return self._unview(y3, x.shape)
 
     def _batch_statistics(self, x3, shift, centred3):
         """(mean, biased variance) in float64 over the local or, synced, the global batch;
@@ -98,13 +124,14 @@ class _BatchNorm(Module):
         c = self.num_features
         if kernels.usable(x3, shift, centred3):
             s1, s2 = xp.zeros(c), xp.zeros(c)
-            _centre_and_sum_kernel(x3, shift, centred3, s1, s2)
+            _KERNELS[self.layout].centre_and_sum(x3, shift, centred3, s1, s2)
         else:
-            xp.subtract(x3, shift[:, None], out=centred3)
-            s1 = xp.einsum("ncl->c", centred3).astype(xp.float64)
-            s2 = xp.einsum("ncl,ncl->c", centred3, centred3).astype(xp.float64)
+            xp.subtract(x3.reshape(len(x3), -1), self._spread(shift, x3.dtype),
+                        out=centred3.reshape(len(x3), -1))
+            s1 = self._sum(centred3).astype(xp.float64)
+            s2 = self._sum(centred3, centred3).astype(xp.float64)
         k = shift.astype(xp.float64)
-        local = centred3.shape[0] * centred3.shape[2]
+        local = centred3.size // c
         stats = xp.empty(2 * c + 1, dtype=xp.float64)
         stats[:c] = s1 + local * k                        # sum x
         stats[c:2 * c] = s2 + k * (2 * s1 + local * k)    # sum x^2
@@ -130,18 +157,19 @@ class _BatchNorm(Module):
     def backward(self, dy):
         xp = backend.get_array_module(dy)
         c, dtype = self.num_features, dy.dtype
-        dy3 = dy.reshape(dy.shape[0], c, self.length)
         centred3 = self.kept(self.centred)
+        dy3 = self._view(dy)  # in forward's layout (a copy if dy comes in another)
         y3 = self.y if self.relu else dy3  # the ReLU's derivative comes from its output
         fast = kernels.usable(dy3, centred3, y3)
         if fast:
             sum_dy, sum_dy_centred = xp.zeros(c), xp.zeros(c)
-            _backward_sums_kernel(dy3, centred3, y3, self.relu, sum_dy, sum_dy_centred)
+            _KERNELS[self.layout].backward_sums(dy3, centred3, y3, self.relu, sum_dy,
+                                                sum_dy_centred)
         else:
             if self.relu:
                 dy3 = dy3 * (y3 > 0)
-            sum_dy = xp.einsum("ncl->c", dy3).astype(xp.float64)
-            sum_dy_centred = xp.einsum("ncl,ncl->c", dy3, centred3)
+            sum_dy = self._sum(dy3).astype(xp.float64)
+            sum_dy_centred = self._sum(dy3, centred3)
         sums = xp.empty(2 * c, dtype=xp.float64)
         sums[:c] = sum_dy
         sums[c:] = self.inv_std * (sum_dy_centred - self.offset * sum_dy)  # sum dy * xhat
@@ -162,15 +190,15 @@ class _BatchNorm(Module):
             constant = (-gain * mean_dy - slope * self.offset).astype(dtype)
         dx3 = xp.empty(dy3.shape, dtype=dtype)
         if fast:
-            _input_grad_kernel(dy3, centred3, y3, self.relu, gain.astype(dtype), slope, constant,
-                               dx3)
-            return dx3.reshape(dy.shape)
+            _KERNELS[self.layout].input_grad(dy3, centred3, y3, self.relu, gain.astype(dtype),
+                                             slope, constant, dx3)
+            return self._unview(dx3, dy.shape)
         rows = dy3.reshape(len(dy3), -1)
         dx = xp.multiply(rows, self._spread(gain, dtype), out=dx3.reshape(rows.shape))
         if self.count is not None:
             dx += centred3.reshape(rows.shape) * self._spread(slope, dtype)
             dx += self._spread(constant, dtype)
-        return dx3.reshape(dy.shape)
+        return self._unview(dx3, dy.shape)
 
     def extra_repr(self):
         sync = ", sync" if self.comm is not None else ""
@@ -242,6 +270,75 @@ def _input_grad_kernel(dy3, centred3, y3, relu, gain, slope, constant, dx3):
                 if relu:
                     g = g if y3[i, ch, j] > 0 else zero
                 dx3[i, ch, j] = a * g + b * centred3[i, ch, j] + k
+
+
+# Channels-last ("nlc") twins: the same formulas, with the channel the fastest-varying index.
+# Per-channel arrays are copied into the kernel first: LLVM then knows they alias no argument
+# and vectorises over the channels (measured 1.3-1.5x faster).
+@kernels.compiled
+def _centre_and_sum_nlc_kernel(x3, shift, centred3, s1, s2):
+    n, length, c = x3.shape
+    shift, a, b = shift.copy(), s1 * 0.0, s2 * 0.0
+    for i in range(n):
+        for j in range(length):
+            for ch in range(c):
+                v = x3[i, j, ch] - shift[ch]
+                centred3[i, j, ch] = v
+                a[ch] += v
+                b[ch] += v * v
+    s1 += a
+    s2 += b
+
+
+@kernels.compiled
+def _normalize_nlc_kernel(centred3, scale, shift_out, relu, y3):
+    n, length, c = centred3.shape
+    for i in range(n):
+        for j in range(length):
+            for ch in range(c):
+                v = centred3[i, j, ch] * scale[ch] + shift_out[ch]
+                if relu and v < 0:
+                    y3[i, j, ch] = 0
+                else:
+                    y3[i, j, ch] = v
+
+
+@kernels.compiled
+def _backward_sums_nlc_kernel(dy3, centred3, y3, relu, s1, s2):
+    n, length, c = dy3.shape
+    zero = dy3.dtype.type(0)
+    a, b = s1 * 0.0, s2 * 0.0
+    for i in range(n):
+        for j in range(length):
+            for ch in range(c):
+                g = dy3[i, j, ch]
+                if relu:
+                    g = g if y3[i, j, ch] > 0 else zero
+                a[ch] += g
+                b[ch] += g * centred3[i, j, ch]
+    s1 += a
+    s2 += b
+
+
+@kernels.compiled
+def _input_grad_nlc_kernel(dy3, centred3, y3, relu, gain, slope, constant, dx3):
+    n, length, c = dy3.shape
+    zero = dy3.dtype.type(0)
+    gain, slope, constant = gain.copy(), slope.copy(), constant.copy()
+    for i in range(n):
+        for j in range(length):
+            for ch in range(c):
+                g = dy3[i, j, ch]
+                if relu:
+                    g = g if y3[i, j, ch] > 0 else zero
+                dx3[i, j, ch] = gain[ch] * g + slope[ch] * centred3[i, j, ch] + constant[ch]
+
+
+_Kernels = collections.namedtuple("_Kernels", "centre_and_sum normalize backward_sums input_grad")
+_KERNELS = {"ncl": _Kernels(_centre_and_sum_kernel, _normalize_kernel, _backward_sums_kernel,
+                            _input_grad_kernel),
+            "nlc": _Kernels(_centre_and_sum_nlc_kernel, _normalize_nlc_kernel,
+                            _backward_sums_nlc_kernel, _input_grad_nlc_kernel)}
 
 
 def fuse_relu(norm, relu):

@@ -34,6 +34,27 @@ def no_grad():
         _state.grad_enabled = saved
 
 
+def channels_last(x):
+    """True when x (N, C, ...) lies in channels-last memory, C varying fastest (the output of
+    an NHWC convolution); layers that sweep per channel read it in that order."""
+    return (x.ndim > 2 and not x.flags.c_contiguous
+            and x.transpose(0, *range(2, x.ndim), 1).flags.c_contiguous)
+
+
+def new_image(xp, shape, dtype, in_channels_last=False, fill=None):
+    """An array of `shape` (N, C, ...), uninitialised or filled with `fill`, in channels-last
+    memory when `in_channels_last` (so that a layer hands on the layout it was given)."""
+    if in_channels_last:
+        n, c, *rest = shape
+        out = xp.empty((n, *rest, c), dtype=dtype).transpose(0, len(shape) - 1,
+                                                              *range(1, len(shape) - 1))
+    else:
+        out = xp.empty(shape, dtype=dtype)
+    if fill is not None:
+        out.fill(fill)
+    return out
+
+
 class Parameter:
     """A trainable array and its gradient (same shape, dtype and device).
 

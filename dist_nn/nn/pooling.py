@@ -8,7 +8,7 @@ data-dependent branches cost more than the passes do.)
 """
 from .. import backend
 from . import kernels
-from .module import Module, grad_enabled
+from .module import Module, channels_last, grad_enabled, new_image
 from .windows import check_image, offset_slice, out_size, pad, pair, unpad
 
 
@@ -28,19 +28,28 @@ class _Pool2d(Module):
         """x padded; sets self.offsets, the index of each kernel offset (i, j) into it."""
         check_image(self, x)
         _, _, h, w = x.shape
+        self.in_hw = h, w
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         self.out_hw = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
         if min(self.out_hw) < 1:
             raise ValueError(f"{type(self).__name__} input {h}x{w} is smaller than its kernel")
         x_padded = pad(x, self.padding, self.pad_value)
-        self.padded_shape = x_padded.shape
+        self.padded_shape, self.in_channels_last = x_padded.shape, channels_last(x_padded)
         self.offsets = [offset_slice(i, j, self.stride, self.out_hw)
                         for i in range(kh) for j in range(kw)]
         return x_padded
 
+    def _new(self, xp, shape, dtype, fill=None):
+        """A new array in the memory order of this layer's input (channels-last or not)."""
+        return new_image(xp, shape, dtype, self.in_channels_last, fill)
+
     def _dx(self, dx_padded):
+        if self.padding == (0, 0):
+            return dx_padded
         xp = backend.get_array_module(dx_padded)
-        return xp.ascontiguousarray(unpad(dx_padded, self.padding))
+        dx = self._new(xp, dx_padded.shape[:2] + self.in_hw, dx_padded.dtype)
+        dx[...] = unpad(dx_padded, self.padding)
+        return dx
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -56,13 +65,13 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.get_array_module(x)
         x_padded = self._pad(x)
-        y = x_padded[self.offsets[0]].copy()
+        y = x_padded[self.offsets[0]].copy(order="K")
         if not grad_enabled():  # the winners only serve backward
             self.winner = None
             for index in self.offsets[1:]:
                 xp.maximum(y, x_padded[index], out=y)
             return y
-        self.winner = xp.zeros(y.shape, dtype=xp.uint8)
+        self.winner = self._new(xp, y.shape, xp.uint8, fill=0)
         for t, index in enumerate(self.offsets[1:], start=1):
             tap = x_padded[index]
             # offsets come in increasing t: a strictly larger value takes over the window
@@ -75,7 +84,7 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy):
         xp = backend.get_array_module(dy)
         winner = self.kept(self.winner)
-        dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
+        dx_padded = self._new(xp, self.padded_shape, dy.dtype, fill=0)
         if kernels.usable(dy, dx_padded):
             _max_pool_backward_kernel(dy, winner, self.kernel_size[1], *self.stride, dx_padded)
             return self._dx(dx_padded)
@@ -107,7 +116,7 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x):
         x_padded = self._pad(x)
-        y = x_padded[self.offsets[0]].copy()
+        y = x_padded[self.offsets[0]].copy(order="K")
         for index in self.offsets[1:]:
             y += x_padded[index]
         y *= 1.0 / len(self.offsets)
@@ -115,7 +124,7 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
-        dx_padded = xp.zeros(self.padded_shape, dtype=dy.dtype)
+        dx_padded = self._new(xp, self.padded_shape, dy.dtype, fill=0)
         share = dy * (1.0 / len(self.offsets))
         for index in self.offsets:
             dx_padded[index] += share
@@ -127,10 +136,12 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x):
         check_image(self, x)
-        self.in_shape = x.shape
+        self.in_shape, self.in_channels_last = x.shape, channels_last(x)
         return x.mean(axis=(2, 3))
 
     def backward(self, dy):
         xp = backend.get_array_module(dy)
         h, w = self.in_shape[2:]
-        return xp.broadcast_to((dy * (1.0 / (h * w)))[:, :, None, None], self.in_shape).copy()
+        dx = new_image(xp, self.in_shape, dy.dtype, self.in_channels_last)
+        dx[...] = (dy * (1.0 / (h * w)))[:, :, None, None]
+        return dx

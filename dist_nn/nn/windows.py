@@ -7,6 +7,7 @@ instead of kh*kw strided additions).
 """
 from .. import backend
 from . import kernels
+from .module import channels_last, new_image
 
 
 def pair(v):
@@ -25,13 +26,13 @@ def check_image(layer, x, channels=None):
 
 
 def pad(x, padding, value=0.0):
-    """Pad H and W by `padding` = (ph, pw) on both sides with `value`."""
+    """Pad H and W by `padding` = (ph, pw) on both sides with `value` (in x's memory order)."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
     xp = backend.get_array_module(x)
     n, c, h, w = x.shape
-    out = xp.full((n, c, h + 2 * ph, w + 2 * pw), value, dtype=x.dtype)
+    out = new_image(xp, (n, c, h + 2 * ph, w + 2 * pw), x.dtype, channels_last(x), fill=value)
     out[:, :, ph:ph + h, pw:pw + w] = x
     return out
 

@@ -1,5 +1,7 @@
 """BatchNorm1d and BatchNorm2d without a communicator (dist_nn/nn/batchnorm.py); SyncBN
 across ranks is tested with the distributed code."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -107,16 +109,27 @@ def test_float32_is_accurate_far_from_zero(offset):
     np.testing.assert_allclose(y, expected, atol=5e-6)
 
 
-def run_pair(case, fused, compiled, dtype):
-    """y, dx and parameter gradients of a BatchNorm case followed by a ReLU, fused or not."""
+def in_channels_last_memory(a):
+    """a's values, in memory whose fastest-varying index is the channel (dim 1)."""
+    to_last = (0, *range(2, a.ndim), 1)
+    return np.ascontiguousarray(a.transpose(to_last)).transpose(np.argsort(to_last))
+
+
+def run_pair(case, fused, compiled, dtype, channels_last=False):
+    """y, dx and parameter gradients of a BatchNorm case followed by a ReLU, fused or not;
+    with channels_last, x and dy come in channels-last memory and y and dx must keep it."""
     inputs, _ = check.split_fixture(case)
     bn, relu = check.build_loaded(case, inputs, dtype), nn.ReLU()
     if fused:
         nn.fuse_relu(bn, relu)
     x, dy = inputs["x"].astype(dtype), inputs["dy"].astype(dtype)
+    if channels_last:
+        x, dy = in_channels_last_memory(x), in_channels_last_memory(dy)
     with nn.kernels.using(compiled):
-        y = relu.forward(bn.forward(x)).copy()
+        y = relu.forward(bn.forward(x)).copy(order="K")
         dx = bn.backward(relu.backward(dy))
+    if channels_last:
+        assert nn.channels_last(y) and nn.channels_last(dx)
     grads = [p.grad for p in bn.parameters()]
     return [y, dx, *grads, bn.running_mean, bn.running_var]
 
@@ -125,12 +138,15 @@ def run_pair(case, fused, compiled, dtype):
 @pytest.mark.parametrize("case", CASES)
 def test_fused_relu_and_compiled_kernels_equal_the_numpy_formula(case, dtype, tolerance):
     """BatchNorm then ReLU: fused or not, compiled kernels (when numba is installed) or NumPy,
-    every path gives what the unfused NumPy formula (checked against PyTorch above) gives."""
+    inputs in channels-last memory or not, every path gives what the unfused NumPy formula (checked against PyTorch above) gives."""
     reference = run_pair(case, fused=False, compiled=False, dtype=dtype)
     paths = [(True, False)] + ([(False, True), (True, True)] if nn.kernels.numba else [])
-    for fused, compiled in paths:
-        for ours, expected in zip(run_pair(case, fused, compiled, dtype), reference):
+    layouts = [False, True] if check.split_fixture(case)[0]["x"].ndim > 2 else [False]
+    for (fused, compiled), channels_last in itertools.product(paths, layouts):
+        ours_all = run_pair(case, fused, compiled, dtype, channels_last)
+        for ours, expected in zip(ours_all, reference):
             assert ours.dtype == expected.dtype
             scale = max(np.abs(expected).max(), 1.0)
             np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance * scale,
-                                       err_msg=f"fused={fused} compiled={compiled}")
+                                       err_msg=f"fused={fused} compiled={compiled} "
+                                               f"channels_last={channels_last}")

@@ -6,6 +6,7 @@ from dist_nn import backend, nn
 from dist_nn.nn import conv as conv_module
 
 from . import reference_check as check
+from .test_batchnorm import in_channels_last_memory
 
 CASES = check.cases("conv")
 # against PyTorch (stored and live), in float32, and by central differences
@@ -83,6 +84,27 @@ def test_layouts_agree_on_a_wide_layer(layout):
     for ours, reference in zip(*results):
         np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-13)
     assert nn.Conv2d(16, 8, 3).nhwc and not nn.Conv2d(8, 8, 3).nhwc
+
+
+@pytest.mark.parametrize("stride", [1, 2])  # input gradient by convolution, by col2im
+@pytest.mark.parametrize("dy_channels_last", [False, True])
+def test_nhwc_layers_hand_on_channels_last_memory(stride, dy_channels_last):
+    """An NHWC layer's output and input gradient are (N, C, H, W) arrays in channels-last
+    memory, with the NCHW layout's values; its input and dy may come in either memory."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 16, 7, 6))
+    results = []
+    for layout in ("nchw", "nhwc"):
+        with backend.using("cpu", "float64"):
+            backend.seed(0)
+            conv = nn.Conv2d(16, 5, 3, stride=stride, padding=1, layout=layout)
+        y = conv.forward(x if layout == "nchw" else in_channels_last_memory(x))
+        dy = rng.standard_normal(y.shape) if layout == "nchw" else dy
+        dx = conv.backward(in_channels_last_memory(dy) if dy_channels_last else dy)
+        assert nn.channels_last(y) == nn.channels_last(dx) == (layout == "nhwc")
+        results.append((y, dx, conv.weight.grad, conv.bias.grad))
+    for ours, reference in zip(*results):
+        np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-13)
 
 
 def test_unknown_layout():

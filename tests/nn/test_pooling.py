@@ -6,6 +6,7 @@ from dist_nn import nn
 from tests.reference import fixtures
 
 from . import reference_check as check
+from .test_batchnorm import in_channels_last_memory
 
 CASES = check.cases("pooling")
 # against PyTorch (stored and live), in float32, and by central differences
@@ -85,3 +86,21 @@ def test_wrong_input_shape_names_the_layer(layer, shape):
 def test_input_smaller_than_the_kernel(cls):
     with pytest.raises(ValueError, match=f"{cls.__name__} input 2x5 is smaller than its kernel"):
         cls(3).forward(np.zeros((1, 1, 2, 5), dtype=np.float32))
+
+
+@pytest.mark.parametrize("layer", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1),
+                                   nn.AvgPool2d(2), nn.GlobalAvgPool2d()],
+                         ids=["max", "max-padded", "avg", "global-avg"])
+def test_channels_last_input_gives_the_same_results(layer, compiled):
+    """Input in channels-last memory (an NHWC convolution's output): the same values, and the
+    output and input gradient keep that memory order."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 6, 6))
+    y = layer.forward(x).copy()
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    y_last = layer.forward(in_channels_last_memory(x))
+    dx_last = layer.backward(in_channels_last_memory(dy) if dy.ndim == 4 else dy)
+    np.testing.assert_allclose(y_last, y, rtol=1e-14)  # a mean may sum in another order
+    np.testing.assert_allclose(dx_last, dx, rtol=1e-14)
+    assert nn.channels_last(dx_last) and (y_last.ndim == 2 or nn.channels_last(y_last))
