@@ -8,9 +8,9 @@ A step is forward, softmax cross-entropy, backward (without the gradient of the 
 neither library needs) and an SGD step (momentum 0.9, weight decay 5e-4 on weights only) on a
 fixed random float32 batch. The PyTorch model is dist_nn's own model
 exported with torch_interop.to_torch_module: the same layers, sizes and initial weights.
-Rounds alternate between the two; the median steps/s of each is reported, and the median of
-the rounds' ratios (each round's pair ran back to back, so a machine whose speed drifts, as a
-shared virtual machine's does, slows both alike).
+Rounds alternate between the two and every step is timed alone; steps/s is 1 / the fastest
+step of each (as timeit advises: slower steps measure what else the machine was doing, and a
+shared virtual machine's speed drifts by 10-20% from second to second).
 
 GFLOP/s: the multiply-adds of every Conv2d and Linear in a step (forward, input and weight
 gradients, 2 FLOPs each), divided by the step's time: what the GEMMs achieve within a step.
@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -115,15 +114,15 @@ def gemm_flops(model, x):
     return 2 * (3 * sum(macs) - macs[0])  # the first layer computes no input gradient
 
 
-def steps_per_second(step, seconds, synchronize):
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def step_times(step, seconds, synchronize):
+    """The durations of the steps run in `seconds` (at least one), each timed alone."""
+    times, start = [], time.perf_counter()
+    while not times or time.perf_counter() - start < seconds:
+        begin = time.perf_counter()
         step()
-        count += 1
-        if count % 10 == 0:  # bound the queue of asynchronous GPU work
-            synchronize()
-    synchronize()
-    return count / (time.perf_counter() - start)
+        synchronize()  # a GPU step is timed to its end, not to its launch
+        times.append(time.perf_counter() - begin)
+    return times
 
 
 # --- memory: one measurement per fresh process ------------------------------------------------
@@ -236,15 +235,13 @@ def main():
         for step in (ours, theirs):  # warm up caches and allocators
             for _ in range(3):
                 step()
-        rates = {"ours": [], "torch": []}
+        times = {"ours": [], "torch": []}
         for _ in range(args.rounds):
             for key, step in (("ours", ours), ("torch", theirs)):
-                rates[key].append(steps_per_second(step, args.seconds, syncs[key]))
-        ours_rate, torch_rate = (statistics.median(rates[k]) for k in ("ours", "torch"))
-        # the ratio of each round's pair: a machine whose speed drifts slows both alike
-        ratio = statistics.median(o / t for o, t in zip(rates["ours"], rates["torch"]))
+                times[key] += step_times(step, args.seconds, syncs[key])
+        ours_rate, torch_rate = (1 / min(times[k]) for k in ("ours", "torch"))
         line = (f"{name:10} {len(x):5d} {ours_rate:9.2f} {torch_rate:8.2f} "
-                f"{ratio:6.2f} {flops * ours_rate / 1e9:7.1f} "
+                f"{ours_rate / torch_rate:6.2f} {flops * ours_rate / 1e9:7.1f} "
                 f"{flops * torch_rate / 1e9:6.1f}")
         if memory:
             line += " " + " ".join(f"{memory_in_fresh_process(lib, name, mode):{w}.0f}"

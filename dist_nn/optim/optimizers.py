@@ -1,6 +1,9 @@
 """Optimizers on flat buffers, with torch.optim's update rules and defaults.
 
-Every optimizer updates `flat.data` from `flat.grad` in a few whole-buffer operations. Weight
+Every optimizer updates `flat.data` from `flat.grad` in a few whole-buffer operations. On the
+CPU a step runs them on one cache-sized slice of the buffers at a time (SLICE_BYTES), so that
+its 6-12 passes read memory about once (on the MLP: SGD 7.4 -> 4.8 ms, AdamW 16.5 -> 7.9 ms;
+with the `fast` extra SGD with momentum is one compiled pass, 1.3 ms). Weight
 decay (L2, added to the gradient as torch does; decoupled in AdamW) and the L1 penalty apply
 only where the parameter's `weight_decay` flag is set (not to biases and norm scales/shifts).
 Hyper-parameters are plain attributes (`opt.lr`, `opt.momentum`, ...) that schedules change.
@@ -13,6 +16,8 @@ import numpy
 from .. import backend
 from ..nn import kernels
 from .flat import FlatParameters, FlatShard
+
+SLICE_BYTES = 256 * 2**10  # per buffer: a slice of parameters, gradients and state stays in cache
 
 
 class Optimizer(abc.ABC):
@@ -29,12 +34,14 @@ class Optimizer(abc.ABC):
         self.lr, self.weight_decay, self.l1 = lr, weight_decay, l1
         self.step_count = 0
         self.buffers = {}  # per-element state, created on first use
+        self.part = slice(None)  # the slice of the flat buffers that `update` works on
 
     def buffer(self, name, fill=0.0):
+        """A per-element state buffer, its slice `part` (all of it outside a step)."""
         if name not in self.buffers:
             xp = backend.get_array_module(self.flat.data)
             self.buffers[name] = xp.full_like(self.flat.data, fill)
-        return self.buffers[name]
+        return self.buffers[name][self.part]
 
     def zero_grad(self):
         self.flat.grad.fill(0)
@@ -42,13 +49,13 @@ class Optimizer(abc.ABC):
     def _decayed(self, values):
         """values, zeroed where the parameter is excluded from decay (in place)."""
         if not self.flat.all_decay:
-            values *= self.flat.decay_mask
+            values *= self.flat.decay_mask[self.part]
         return values
 
     def penalised_grad(self, l2=True):
-        """The gradient plus the gradients of the L2 (when l2) and L1 penalties."""
+        """The gradient plus the gradients of the L2 (when l2) and L1 penalties (of `part`)."""
         xp = backend.get_array_module(self.flat.data)
-        p, g = self.flat.data, self.flat.grad
+        p, g = self.flat.data[self.part], self.flat.grad[self.part]
         if not ((l2 and self.weight_decay) or self.l1):
             return g
         penalty = p * self.weight_decay if l2 and self.weight_decay else xp.zeros_like(p)
@@ -56,12 +63,26 @@ class Optimizer(abc.ABC):
             penalty += self.l1 * xp.sign(p)
         return g + self._decayed(penalty)
 
+    def _slices(self):
+        """The slices a step works through: cache-sized on the CPU, the whole buffer on a GPU
+        (where every operation is one kernel launch)."""
+        size = self.flat.data.size
+        if backend.on_gpu(self.flat.data):
+            return [slice(None)]
+        step = max(1, SLICE_BYTES // self.flat.data.itemsize)
+        return [slice(i, min(i + step, size)) for i in range(0, size, step)]
+
     def step(self):
         self.step_count += 1
-        p = self.flat.data
-        if self.decoupled_decay and self.weight_decay:
-            p -= self._decayed(p * (self.lr * self.weight_decay))
-        self.update(p, self.penalised_grad(l2=not self.decoupled_decay), self.step_count)
+        try:
+            for self.part in self._slices():
+                p = self.flat.data[self.part]
+                if self.decoupled_decay and self.weight_decay:
+                    p -= self._decayed(p * (self.lr * self.weight_decay))
+                self.update(p, self.penalised_grad(l2=not self.decoupled_decay),
+                            self.step_count)
+        finally:
+            self.part = slice(None)
 
     @abc.abstractmethod
     def update(self, p, g, t):
