@@ -11,7 +11,7 @@ def first_blocks():
 
 
 def test_the_first_command_installs_and_trains_on_the_default_data():
-    assert first_blocks()[0] == 'pip install -e ".[mpich,plot]" && python -m dist_nn.train'
+    assert first_blocks()[0] == 'pip install -e ".[mpich,plot,fast]" && python -m dist_nn.train'
 
 
 def test_ci_runs_the_readme_test_command():
