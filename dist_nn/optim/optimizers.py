@@ -70,7 +70,9 @@ class Optimizer(abc.ABC):
         if backend.on_gpu(self.flat.data):
             return [slice(None)]
         step = max(1, SLICE_BYTES // self.flat.data.itemsize)
-        return [slice(i, min(i + step, size)) for i in range(0, size, step)]
+        # at least one, empty or not: `update` creates the state buffers, which every rank
+        # must hold (a ZeRO shard may be empty, and its state is gathered collectively)
+        return [slice(i, min(i + step, size)) for i in range(0, max(size, 1), step)]
 
     def step(self):
         self.step_count += 1

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from dist_nn import backend, optim
+from dist_nn.optim.flat import FlatParameters, FlatShard
 from dist_nn.nn import Linear, Parameter, Sequential, kernels
 from tests.reference import fixtures
 from tests.reference import optim as reference
@@ -47,6 +48,23 @@ def test_compiled_sgd_equals_numpy(case, dtype):
     for key, expected in results[0].items():
         np.testing.assert_allclose(results[1][key], expected, rtol=tolerance, atol=tolerance,
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_an_empty_shard_still_creates_the_state(name):
+    """A ZeRO rank whose shard is empty (a small bucket on many ranks) steps too and holds
+    the same (empty) state buffers as the others: their state is gathered collectively."""
+    params = [Parameter(np.ones(9)), Parameter(np.ones(3), weight_decay=False)]
+    flat = FlatParameters(params)
+    kwargs = dict(momentum=0.9) if name == "sgd" else {}
+    names = []
+    for pieces in ([(0, 3)], [(12, 12)]):
+        for compiled in (False, True):
+            with kernels.using(compiled):
+                opt = optim.OPTIMIZERS[name](FlatShard(flat, pieces), lr=0.1, **kwargs)
+                opt.step()
+            names.append(sorted(opt.buffers))
+    assert all(n == names[0] for n in names) and (names[0] or name == "sgd")
 
 
 def test_trajectories_move():
