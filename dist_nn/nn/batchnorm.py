@@ -72,6 +72,12 @@ class _BatchNorm(Module):
         spread = xp.repeat if self.layout == "ncl" else xp.tile
         return spread(per_channel.astype(dtype, copy=False), self.length)
 
+    def _centre(self, x3, shift, centred3):
+        """centred3 = x3 - shift (per channel), as whole rows minus the spread shift."""
+        xp = backend.get_array_module(x3)
+        xp.subtract(x3.reshape(len(x3), -1), self._spread(shift, x3.dtype),
+                    out=centred3.reshape(len(x3), -1))
+
     def _sum(self, *arrays):
         """Per-channel sum over the batch (and L) of the product of 3-D views."""
         xp = backend.get_array_module(arrays[0])
@@ -93,8 +99,7 @@ class _BatchNorm(Module):
             self._update_running_stats(mean, var * (self.count / (self.count - 1)))
         else:
             shift = self.running_mean.astype(x.dtype)
-            xp.subtract(x3.reshape(n, -1), self._spread(shift, x.dtype),
-                        out=centred3.reshape(n, -1))
+            self._centre(x3, shift, centred3)
             self.count, mean, var = None, self.running_mean, self.running_var
         # xhat = (x - mean) * inv_std = (centred - offset) * inv_std
         offset = (mean - shift).astype(x.dtype)
@@ -126,8 +131,7 @@ class _BatchNorm(Module):
             s1, s2 = xp.zeros(c), xp.zeros(c)
             _KERNELS[self.layout].centre_and_sum(x3, shift, centred3, s1, s2)
         else:
-            xp.subtract(x3.reshape(len(x3), -1), self._spread(shift, x3.dtype),
-                        out=centred3.reshape(len(x3), -1))
+            self._centre(x3, shift, centred3)
             s1 = self._sum(centred3).astype(xp.float64)
             s2 = self._sum(centred3, centred3).astype(xp.float64)
         k = shift.astype(xp.float64)
