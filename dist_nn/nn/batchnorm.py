@@ -88,7 +88,7 @@ class _BatchNorm(Module):
         the ReLU's and the next layer's anyway)."""
         xp = backend.get_array_module(x)
         self._check(x)
-        n, c = x.shape[:2]
+        n = len(x)
         self.length = x[0, 0].size
         self.layout = "nlc" if channels_last(x) else "ncl"
         x3 = self._view(x)

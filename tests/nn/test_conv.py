@@ -93,13 +93,13 @@ def test_nhwc_layers_hand_on_channels_last_memory(stride, dy_channels_last):
     memory, with the NCHW layout's values; its input and dy may come in either memory."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 16, 7, 6))
-    results = []
+    results, dy = [], None
     for layout in ("nchw", "nhwc"):
         with backend.using("cpu", "float64"):
             backend.seed(0)
             conv = nn.Conv2d(16, 5, 3, stride=stride, padding=1, layout=layout)
         y = conv.forward(x if layout == "nchw" else in_channels_last_memory(x))
-        dy = rng.standard_normal(y.shape) if layout == "nchw" else dy
+        dy = rng.standard_normal(y.shape) if dy is None else dy  # one dy for both layouts
         dx = conv.backward(in_channels_last_memory(dy) if dy_channels_last else dy)
         assert nn.channels_last(y) == nn.channels_last(dx) == (layout == "nhwc")
         results.append((y, dx, conv.weight.grad, conv.bias.grad))
