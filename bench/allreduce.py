@@ -35,7 +35,7 @@ def worker(sizes_mb, repeats):
     from mpi4py import MPI
 
     from dist_nn import nn, optim
-    from dist_nn.dist import GradSync, MPICommunicator
+    from dist_nn.distributed import GradSync, MPICommunicator
 
     comm = MPICommunicator()
     n = comm.size
@@ -85,7 +85,7 @@ def fit_worker(repeats):
 
     import numpy as np
 
-    from dist_nn.dist import MPICommunicator, chunk_bounds
+    from dist_nn.distributed import MPICommunicator, chunk_bounds
 
     comm = MPICommunicator()
     p = comm.size

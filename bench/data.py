@@ -114,7 +114,7 @@ def cnn_rate():
 def rss_worker(path, batch):
     from dist_nn.data import DistributedSampler, Loader, open_split
     from dist_nn.data.augment import from_config
-    from dist_nn.dist import setup
+    from dist_nn.distributed import setup
     comm = setup("mpi", "cpu")
     split = open_split(path, "train", comm, check_values=False)
     loader = Loader(split, DistributedSampler(len(split), comm.rank, comm.size, seed=0), batch,

@@ -66,7 +66,7 @@ def build(name, comm, sync_bn):
 
 def ours(name, sync_bn, steps, rounds):
     from dist_nn import nn, optim
-    from dist_nn.dist import GradSync, broadcast_state, setup
+    from dist_nn.distributed import GradSync, broadcast_state, setup
 
     comm = setup("auto", "cpu", threads=1)
     model, x, y = build(name, comm, sync_bn)
@@ -90,7 +90,7 @@ def theirs(name, port, steps, rounds):
     import torch
     import torch.distributed as torch_dist
 
-    from dist_nn.dist import setup
+    from dist_nn.distributed import setup
     from dist_nn.torch_interop import to_torch_module
 
     comm = setup("auto", "cpu", threads=1)

@@ -225,7 +225,7 @@ def measure_worker(name, mode, steps, rounds, out):
     """Median step seconds of dist_nn on this launch's ranks (mode: overlap, serial, zero)."""
     from bench.scaling import build, rounds_of
     from dist_nn import nn, optim
-    from dist_nn.dist import GradSync, broadcast_state, setup, sharded
+    from dist_nn.distributed import GradSync, broadcast_state, setup, sharded
 
     comm = setup("auto", "cpu", threads=1)
     model, x, y = build(name, comm, sync_bn=False)

@@ -34,7 +34,7 @@ LIBRARIES = ("dist_nn", "dist_nn sharded", "torch", "torch ZeRO")
 
 def ours(name, shard, steps, rounds):
     from dist_nn import nn, optim
-    from dist_nn.dist import GradSync, broadcast_state, setup, sharded
+    from dist_nn.distributed import GradSync, broadcast_state, setup, sharded
 
     comm = setup("auto", "cpu", threads=1)
     model, x, y = build(name, comm, sync_bn=False)
@@ -71,7 +71,7 @@ def theirs(name, zero, port, steps, rounds):
     import torch.distributed as torch_dist
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    from dist_nn.dist import setup
+    from dist_nn.distributed import setup
     from dist_nn.torch_interop import to_torch_module
 
     comm = setup("auto", "cpu", threads=1)

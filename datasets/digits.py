@@ -4,19 +4,19 @@ import os
 
 import numpy
 
-from dist_nn.data import digits
+from dist_nn.data import embedded
 
 
 def convert(out=None, val_fraction=0.2, seed=0, refresh_embedded=False, **output):
-    """Write the digits to `out` with a seeded train/val split (dist_nn.data.digits.build;
+    """Write the digits to `out` with a seeded train/val split (dist_nn.data.embedded.build;
     output: DatasetWriter options), after regenerating the embedded copy if
     refresh_embedded. Returns the written paths."""
     if out is None and not refresh_embedded:
         raise ValueError("nothing to do: give an output path (--out), refresh_embedded "
                          "(--refresh-embedded), or both")
-    paths = [refresh(digits.EMBEDDED)] if refresh_embedded else []
+    paths = [refresh(embedded.EMBEDDED)] if refresh_embedded else []
     if out is not None:
-        paths += digits.build(out, val_fraction, seed, **output)
+        paths += embedded.build(out, val_fraction, seed, **output)
     return paths
 
 

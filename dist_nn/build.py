@@ -6,9 +6,9 @@ from pathlib import Path
 
 import h5py
 
-from . import checkpoint, config as configuration, dist, fs, optim
-from .data import DataError, augment, digits, writer
-from .dist import raise_together
+from . import checkpoint, config as configuration, distributed, fs, optim
+from .data import DataError, augment, embedded, writer
+from .distributed import raise_together
 
 CACHE = Path(os.environ.get("DIST_NN_CACHE", Path.home() / ".cache" / "dist_nn"))
 
@@ -23,7 +23,7 @@ def data_path(path, comm):
     error = None
     if comm.local_rank == 0 and not cached.exists():
         try:
-            digits.build(cached)
+            embedded.build(cached)
         except (OSError, RuntimeError) as failure:  # h5py: either; all ranks stop alike
             error = DataError(f"cannot build the digits data set in {CACHE}: "
                               f"{fs.reason(failure)}; set "
@@ -84,9 +84,9 @@ def make_optimizer_and_sync(config, model, comm, lr):
     options = dict(bucket_mb=config.train.bucket_mb, overlap=config.train.overlap,
                    average=False)
     if config.optim.shard:
-        return dist.sharded(make, model, comm, **options)
+        return distributed.sharded(make, model, comm, **options)
     opt = make(model.parameters())
-    return opt, dist.GradSync(model, opt.flat, comm, **options)
+    return opt, distributed.GradSync(model, opt.flat, comm, **options)
 
 
 def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):
@@ -96,10 +96,7 @@ def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):
     c = schedule_config
     steps = lambda epochs: max(1, round(epochs * steps_per_epoch))  # noqa: E731
     per_step = []
-    if c.name == "plateau":
-        if c.warmup_epochs:
-            raise configuration.ConfigError("schedule.warmup_epochs does not combine with the "
-                                            "plateau schedule")
+    if c.name == "plateau":  # config.validate refused a warmup with it
         plateau = optim.PlateauDecay(opt, mode="min" if c.plateau_metric.endswith("loss") else
                                      "max", factor=c.plateau_factor,
                                      patience=c.plateau_patience, min_lr=c.min_lr)
@@ -118,10 +115,7 @@ def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):
         }[c.name]()
         per_step.append(optim.Warmup(opt, steps(c.warmup_epochs), c.warmup_start, after=main)
                         if c.warmup_epochs else main)
-    if c.momentum_start:
-        if not hasattr(opt, "momentum"):
-            raise configuration.ConfigError("schedule.momentum_start needs an optimizer with "
-                                            "momentum (sgd or rmsprop)")
+    if c.momentum_start:  # config.validate refused an optimizer without a momentum
         per_step.append(optim.MomentumRamp(opt, c.momentum_start, opt.momentum,
                                            steps(c.momentum_epochs)))
     return per_step, plateau

@@ -3,11 +3,13 @@
 A checkpoint holds the group `model` (parameters and buffers under their PyTorch-style
 names), the group `optimizer` (its buffers; its step and hyper-parameters in the attribute
 `state`), optionally the group `ema` (the averaged weights of train.ema_decay, named as in
-`model`), and the attribute `meta`: JSON with the epoch, step, position in the epoch (in
-global samples), schedule and trainer state, the resolved config, world size and dist_nn
-version. The attribute `checksum` is a SHA-256 over all of it, and a file without one is
-refused. Nothing is pickled, so loading a file cannot run code, and what a file claims is
-checked against a schema before it is used (a file can lie).
+`model`), and the attribute `meta`: JSON that the writer gives (a training checkpoint's:
+TRAINING_META, the trainer's parts each under their own name), plus the format and the
+dist_nn version. The attribute `checksum` is a SHA-256 over all of it, and a file without one
+is refused. Nothing is pickled, so loading a file cannot run code, and what a file claims is
+checked before it is used (a file can lie): the arrays here, the meta's top level by
+check_meta, each part's state by the part as it loads it (dist_nn.saved). This module only
+handles files; what a checkpoint holds is defined by its owners (Trainer.state_dict()).
 
 Files are written as `<name>.partial`, fsync'ed and renamed, so a crash never leaves a half
 checkpoint under a real name; a write that fails (a full disk, permissions) raises
@@ -17,7 +19,6 @@ CheckpointWriteError and leaves the older files as they were. The newest
 """
 import hashlib
 import json
-import math
 import os
 import re
 import stat
@@ -26,10 +27,11 @@ from pathlib import Path
 import h5py
 import numpy
 
-from . import __version__, fs
+from . import __version__, fs, saved
 
 STEP_NAME = re.compile(r"^step-(\d+)\.h5$")
 BEST = "best.h5"
+FORMAT = 2  # the layout of `meta` (1: before the Trainer's parts saved themselves)
 
 
 class CheckpointError(RuntimeError):
@@ -87,7 +89,8 @@ def write(path, model_state, optimizer_state=None, meta=None, ema_state=None):
     optimizer_state = optimizer_state or {"buffers": {}}
     buffers = optimizer_state["buffers"]
     state_json = json.dumps({k: v for k, v in optimizer_state.items() if k != "buffers"})
-    meta_json = json.dumps({**(meta or {}), "dist_nn_version": __version__})
+    meta_json = json.dumps({**(meta or {}), "format": FORMAT,
+                            "dist_nn_version": __version__})
     partial = path.with_name(path.name + ".partial")
     with h5py.File(partial, "w", driver="core", backing_store=False) as f:  # in memory
         group = f.create_group("model", track_order=True)  # keep PyTorch's order
@@ -224,89 +227,27 @@ def save_step(directory, step, model_state, optimizer_state, meta, keep, ema_sta
     return path
 
 
-def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+# A training checkpoint's meta: every part of the run saves its own state under "trainer"
+# (Trainer.state_dict()); the file adds "format" and "dist_nn_version" when written.
+TRAINING_META = {"trainer": saved.OBJECT, "config": saved.TEXT,
+                 "world_size": (lambda v: saved.COUNT[0](v) and v > 0, "a count > 0"),
+                 "model_given": saved.FLAG}
 
 
-def _number_or_none(v):
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                         and math.isfinite(v))
-
-
-# what restore() reads from meta: key -> (valid?, what it must be)
-META_SCHEMA = {
-    "epoch": (_count, "a count"), "step": (_count, "a count"), "samples": (_count, "a count"),
-    "stale": (_count, "a count"), "world_size": (lambda v: _count(v) and v > 0, "a count > 0"),
-    "best": (_number_or_none, "a number or null"), "watched": (_number_or_none, "a number or null"),
-    "schedules": (lambda v: isinstance(v, list) and all(isinstance(d, dict) for d in v),
-                  "a list of objects"),
-    "plateau": (lambda v: v is None or isinstance(v, dict), "an object or null"),
-    "guard": (lambda v: isinstance(v, dict), "an object"),
-    "config": (lambda v: isinstance(v, str), "a TOML document"),
-}
-
-
-def check_meta(meta, path, epochs=None, max_steps=0):
-    """CheckpointError unless meta has every key of META_SCHEMA, each valid, and (given the
-    run's train.epochs / train.max_steps) claims a position within the run."""
-    for key, (valid, what) in META_SCHEMA.items():
-        if key not in meta:
-            raise CheckpointError(f"checkpoint {path} lacks the entry {key!r}: not a training "
-                                  "checkpoint (for initial weights use model.init_from)")
-        if not valid(meta[key]):
-            raise CheckpointError(f"checkpoint {path}: {key} must be {what}, got "
-                                  f"{str(meta[key])[:60]!r}")
-    if epochs is not None and (meta["epoch"] > epochs or
-                               (max_steps and meta["step"] > max_steps)):
+def check_meta(meta, path):
+    """CheckpointError unless `meta` is a training checkpoint's of this FORMAT, with the
+    entries of TRAINING_META (each part then checks its own state as it loads it)."""
+    written = meta.get("format", 1)
+    if written != FORMAT:
         raise CheckpointError(
-            f"checkpoint {path} is at epoch {meta['epoch']}, step {meta['step']}, beyond this "
-            f"run's end (train.epochs = {epochs}, train.max_steps = {max_steps}): raise them "
-            "to continue it, or start a new run")
-
-
-def restore(resume, run_dir, comm, model, opt, schedules, plateau, guard, state, global_batch,
-            micro, say, recipe=None, config=None):
-    """Load a checkpoint into a run on every rank: `resume` is "auto" (the newest valid
-    checkpoint of the run directory; a fresh start when there is none) or a file. The
-    position is kept in global samples: with another global batch size (e.g. another world
-    size) the run continues at the last whole step within the epoch. `recipe` (an
-    optim.StepRecipe) gets its loss scale and averaged weights back. With the run's `config`
-    the checkpoint must lie within the run's end, and the keys whose value differs from the
-    checkpoint's are said (the values given now take effect). Returns the path used."""
-    from .config import ConfigError, changes
-    if comm.rank == 0:
-        if resume == "auto":
-            found = newest_valid(Path(run_dir) / "checkpoints", warn=say)
-            chosen = str(found[0]) if found else None
-        else:
-            chosen = str(resume)
-    chosen = comm.bcast_obj(chosen if comm.rank == 0 else None)
-    if chosen is None:
-        say("no valid checkpoint in the run directory: starting from scratch")
-        return None
+            f"checkpoint {path} has format {written!r} (written by dist_nn "
+            f"{meta.get('dist_nn_version', '?')}); this dist_nn {__version__} reads format "
+            f"{FORMAT}: continue that run with the dist_nn that wrote it, or start a new run "
+            "from its weights with model.init_from")
+    if "trainer" not in meta:
+        raise CheckpointError(f"checkpoint {path} lacks the entry 'trainer': not a training "
+                              "checkpoint (for initial weights use model.init_from)")
     try:
-        contents = read(chosen)
-        model_state, optimizer_state, meta = contents
-        check_meta(meta, chosen, *((config.train.epochs, config.train.max_steps)
-                                   if config is not None else ()))
-        if optimizer_state is None:
-            raise CheckpointError(f"{chosen} holds no optimizer state")
-        model.load_state_dict(model_state)
-        opt.load_state_dict(optimizer_state)
-        if recipe is not None:
-            recipe.load_state_dict(meta.get("recipe") or {}, contents.ema)
-        for schedule, saved in zip(schedules, meta["schedules"]):
-            schedule.load_state_dict(saved)
-        if plateau is not None and meta["plateau"]:
-            plateau.load_state_dict(meta["plateau"])
-        guard.load_state_dict(meta["guard"])
-    except (CheckpointError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"cannot resume from {chosen}: {error}") from None
-    if config is not None:
-        differences = changes(meta["config"], config)
-        if differences:
-            say(f"resuming with a config that differs from the checkpoint's; the values given "
-                f"now take effect: {differences}", flush=True)
-    state.update({k: meta[k] for k in ("epoch", "step", "best", "watched", "stale")})
-    state["batch"] = meta["samples"] // (global_batch * micro) * micro  # micro-batches done
-    return chosen
+        saved.checked(meta, "meta", **TRAINING_META)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path}: {error}") from None

@@ -3,13 +3,20 @@ confusion matrix of a checkpoint's model on a data set. Under `mpirun -n N` each
 evaluates its share; sums and counts are reduced, so padding never counts twice."""
 import argparse
 import sys
+from dataclasses import dataclass
 
 import numpy
 
 from . import backend, checkpoint, config as configuration, models, nn
-from . import dist as distributed
+from . import distributed
 from .data import DataError, DistributedSampler, Loader, open_split
 from .monitor import plural
+
+
+@dataclass
+class Seen(distributed.Totals):
+    loss: float = 0.0     # summed over the samples
+    correct: float = 0.0
 
 
 def evaluate(model, batches, loss_fn, comm, num_classes=None):
@@ -17,7 +24,7 @@ def evaluate(model, batches, loss_fn, comm, num_classes=None):
     under nn.no_grad() (no layer keeps backward state); with num_classes also "confusion"
     (true label x predicted label counts)."""
     model.eval()
-    totals = distributed.Totals(("loss", "correct"))
+    seen = Seen()
     confusion = numpy.zeros((num_classes or 1, num_classes or 1))
     for x, y, valid in batches:
         if valid == 0:
@@ -26,13 +33,14 @@ def evaluate(model, batches, loss_fn, comm, num_classes=None):
             logits = model.forward(x[:valid])
             y = y[:valid]
             predicted = logits.argmax(axis=1)
-            totals.add(valid, loss=float(loss_fn.forward(logits, y, mean_over=1)),
-                       correct=int((predicted == y).sum()))
+            seen += Seen(valid, loss=float(loss_fn.forward(logits, y, mean_over=1)),
+                         correct=int((predicted == y).sum()))
         if num_classes:
             numpy.add.at(confusion, (backend.to_host(y), backend.to_host(predicted)), 1)
     model.train()
-    result = totals.reduce(comm)
-    result["accuracy"] = result.pop("correct")
+    total = seen.reduced(comm)
+    result = {"loss": total.mean("loss"), "accuracy": total.mean("correct"),
+              "count": int(total.samples)}
     if num_classes:
         comm.allreduce(confusion)
         result["confusion"] = confusion.astype(numpy.int64)

@@ -2,24 +2,25 @@
 `mpirun -n N` / `python -m launch.mpirun -n N`, or as SLURM tasks (`srun`).
 
 Configuration comes from the defaults, then --config FILE.toml, then `section.key=value`
-overrides (every key, its default and meaning: the README's configuration reference, or
+overrides (every key, its type, default and meaning: docs/configuration.md, or
 `python -m dist_nn.config --reference`). Exit status: 0 finished with its final checkpoint
 on disk; 2 configuration or data error; 3 stopped by a guard (NaN/Inf, diverging loss);
 4 finished but the final checkpoint could not be written; 75 preempted after a checkpoint
 (requeue); 130 interrupted by Ctrl-C after a checkpoint; anything else: the job aborted.
 """
 if __name__ == "__main__":  # first of all: a stop signal during the imports below is kept
-    from .dist.signals import PreemptionSignal
+    from .signals import PreemptionSignal
     PreemptionSignal()
 
 import argparse
 import sys
 
 from . import config as configuration
-from . import dist as distributed
+from . import distributed
 from .data import DataError, DataReadError
 from .monitor.guards import TrainingStopped
-from .trainer import EXIT_CONFIG, EXIT_STOPPED, FinalCheckpointLost, Preempted, Trainer
+from .signals import PreemptionSignal
+from .trainer import EXIT_CONFIG, EXIT_STOPPED, FinalCheckpointLost, StoppedBySignal, Trainer
 
 __all__ = ["EXIT_CONFIG", "EXIT_STOPPED", "main"]
 
@@ -44,7 +45,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    distributed.PreemptionSignal()  # before MPI and the data: a stop signal there is kept
+    PreemptionSignal()  # before MPI and the data: a stop signal there is kept
     args = parse_args(argv)
     try:
         trainer, error = Trainer(args.config, args.overrides, resume=args.resume,
@@ -80,7 +81,7 @@ def main(argv=None):
         if comm.rank == 0:
             print(f"error: {lost.message}", file=sys.stderr)
         return lost.code
-    except Preempted as stop:
+    except StoppedBySignal as stop:
         return stop.code
 
 

@@ -14,11 +14,8 @@ import contextlib
 import math
 import time
 
-import numpy
-
-from . import backend, checkpoint, config as configuration, models, nn, optim, run_dir
-from . import dist as distributed
-from .dist.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from . import backend, checkpoint, config as configuration, distributed, models, nn, optim
+from . import run_dir, saved
 from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer_and_sync,
                     make_schedules, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
@@ -27,14 +24,17 @@ from .monitor import MetricsLog, Progress, plot_run, plural
 from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              gradient_check_report, initial_loss_warning, nonfinite_report,
                              write_debug_report)
+from .run_state import EpochTotals, Position, StepTotals, Watch
+from .signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, PreemptionSignal
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
 EXIT_UNSAVED = 4  # finished, but the final checkpoint could not be written
 
 
-class Preempted(SystemExit):
-    """The run stopped after writing a checkpoint because a rank received a signal; its code
-    is the exit status (75: requeue, 130: Ctrl-C). Uncaught, the process exits with it."""
+class StoppedBySignal(SystemExit):
+    """The run stopped after writing a checkpoint because a rank received a stop signal; its
+    code is the exit status: 75 preempted (SIGUSR1, SIGTERM: for the job script to requeue),
+    130 interrupted (SIGINT, Ctrl-C). Uncaught, the process exits with it."""
 
 
 class FinalCheckpointLost(SystemExit):
@@ -57,21 +57,16 @@ class Trainer:
     def __init__(self, config=None, overrides=(), model=None, *, resume=None, debug=False,
                  comm=None):
         if isinstance(config, configuration.Config):
-            config = configuration.loads(configuration.to_toml(config), overrides)
+            config = configuration.loads(configuration.to_toml(config), overrides,
+                                         resume=resume)
         else:
-            config = configuration.load(config, overrides)
-        if resume == "auto" and not config.log.run_dir:
-            raise configuration.ConfigError("--resume auto needs log.run_dir=... (the run to "
-                                            "resume)")
+            config = configuration.load(config, overrides, resume=resume)
         self.config, self.given_model, self.resume, self.debug = config, model, resume, debug
-        self.preemption = distributed.PreemptionSignal()  # before MPI's start-up: kept
+        self.preemption = PreemptionSignal()  # before MPI's start-up: kept
         self.comm = comm or distributed.setup(config.train.comm, config.train.device,
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
-        # position; best value of checkpoint.best_metric; early stopping's watched value, count
-        self.state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "watched": None,
-                      "stale": 0}
-        self.metrics, self.log, self.run = {}, None, None
+        self.metrics, self.log, self.run_lock = {}, None, None
         self.saved = {"step": None, "path": None, "error": None}  # the newest on disk (rank 0)
 
     # --- the run ---------------------------------------------------------------------------
@@ -79,42 +74,48 @@ class Trainer:
         """Train to the end (epochs, max_steps, early stopping); returns a summary dict with
         run_dir, step, epoch, train_loss/train_accuracy and, with a validation split,
         val_loss/val_accuracy. Raises ConfigError/DataError (bad input; DataReadError: a read
-        that failed on this rank only), TrainingStopped (a guard), Preempted (a signal, after
-        a checkpoint) or FinalCheckpointLost (finished, but the final checkpoint is not on
-        disk)."""
+        that failed on this rank only), TrainingStopped (a guard), StoppedBySignal (a signal,
+        after a checkpoint) or FinalCheckpointLost (finished, but the final checkpoint is not
+        on disk)."""
         self.build()
         self.restore()
         try:
-            while not self.finished():
+            while not self.done():
                 self.train_epoch()
             self.finish()
         finally:
             if self.log is not None:
                 self.log.close()
-            if self.run is not None:
-                self.run.release()
-        return {"run_dir": str(self.run_dir), "step": self.state["step"],
-                "epoch": self.state["epoch"], **self.metrics}
+            if self.run_lock is not None:
+                self.run_lock.release()
+        return {"run_dir": str(self.run_dir), "step": self.position.step,
+                "epoch": self.position.epoch, **self.metrics}
 
-    def finished(self):
-        return self.state["epoch"] >= self.config.train.epochs or self.out_of_steps() or \
+    def done(self):
+        """True once the loop is over: its epochs, its step budget, or early stopping."""
+        return self.position.epoch >= self.config.train.epochs or self.out_of_steps() or \
             self.stopped_early
 
     def out_of_steps(self):
         return bool(self.config.train.max_steps) and \
-            self.state["step"] >= self.config.train.max_steps
+            self.position.step >= self.config.train.max_steps
 
     # --- building ----------------------------------------------------------------------------
     def build(self):
         backend.use(dtype=self.config.train.dtype)
         configuration.check_world_size(self.config, self.comm.size)
-        self.run = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)  # locked
-        self.run_dir = self.run.path
+        self.run_lock = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)
+        self.run_dir = self.run_lock.path
         self.say(f"run directory: {self.run_dir}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
         self.build_data()
         self.build_model()
         self.build_optimizer()
+        c = self.config
+        self.position = Position(self.global_batch, self.accumulate)
+        self.best = Watch(c.checkpoint.best_metric)  # for best.h5
+        self.early_stopping = Watch(c.train.early_stopping_metric,
+                                    c.train.early_stopping_min_delta)
         self.stopped_early = False
         self.log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
             self.config.log.tensorboard], warn=self.say) if self.comm.rank == 0 else None
@@ -129,24 +130,24 @@ class Trainer:
         if self.overfit:  # debugging: a tiny subset, no augmentation, to be learnt perfectly
             self.train_split = self.val_split = Subset(self.train_split, range(
                 min(c.train.overfit_samples, len(self.train_split))))
-        notice = configuration.check_metrics(c, has_val=self.val_split is not None)
+        notice = configuration.fall_back_to_train_metrics(c, self.val_split is not None)
         if notice:  # val metrics watched by default, but no val split: training twins
             self.say(notice)
         self.global_batch = c.data.batch_size * comm.size or c.data.global_batch_size
-        self.micro = c.optim.accumulate
+        self.accumulate = c.optim.accumulate  # micro-batches of global_batch per step
         self.loader = Loader(
             self.train_split, DistributedSampler(len(self.train_split), comm.rank, comm.size,
                                                  seed=c.train.seed),
             self.global_batch, None if self.overfit else make_augmenter(c.augment,
                                                                         c.train.epochs),
             c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb)
-        self.steps_per_epoch = len(self.loader) // self.micro
+        self.steps_per_epoch = len(self.loader) // self.accumulate
         if self.steps_per_epoch == 0:
             raise configuration.ConfigError(
                 f"the training split has {len(self.train_split)} samples, fewer than one "
-                f"step's {self.global_batch * self.micro}: lower data.global_batch_size (or "
+                f"step's {self.global_batch * self.accumulate}: lower data.global_batch_size (or "
                 "data.batch_size) or optim.accumulate")
-        self.evaluation = self.val_split and Loader(
+        self.val_loader = self.val_split and Loader(
             self.val_split, DistributedSampler(len(self.val_split), comm.rank, comm.size,
                                                shuffle=False),
             max(comm.size, c.data.eval_batch_size * comm.size), cache_mb=c.data.cache_mb)
@@ -178,8 +179,8 @@ class Trainer:
 
     def build_optimizer(self):
         c = self.config
-        scale = self.global_batch * self.micro / c.optim.reference_batch if c.optim.scale_lr \
-            else 1
+        scale = self.global_batch * self.accumulate / c.optim.reference_batch \
+            if c.optim.scale_lr else 1
         # optim.shard: ZeRO-1's pair, each rank keeping the optimizer state of its shard
         self.opt, self.sync = make_optimizer_and_sync(c, self.model, self.comm,
                                                       c.optim.lr * scale)
@@ -188,28 +189,27 @@ class Trainer:
             total_steps = min(total_steps, c.train.max_steps)
         self.schedules, self.plateau = make_schedules(c.schedule, self.opt,
                                                       self.steps_per_epoch, total_steps)
-        # sharded, the optimizer step's flat buffer is this rank's shard: the global norm
-        # (clipping) and fp16's overflow verdict are the shard's part plus one allreduce
-        norm = (lambda: math.sqrt(self.sync.grad_sq_norm())) if c.optim.shard else None
+        # sharded, the optimizer step's flat buffer is this rank's shard: fp16's overflow
+        # verdict (like the gradient norm) is the shard's part plus one allreduce
         agree = self.sync.all_finite if c.optim.shard else None
         try:  # mixed precision, clipping, EMA around each optimizer step
             self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
-                                           c.optim.clip_grad_norm, c.train.ema_decay, norm,
-                                           agree)
+                                           c.optim.clip_grad_norm, c.train.ema_decay,
+                                           self.sync.grad_norm, agree)
         except nn.amp.PrecisionError as error:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
     def restore(self):
         """Continue from a checkpoint when asked to (--resume), then the --debug report."""
         if self.resume:
-            where = checkpoint.restore(self.resume, self.run_dir, self.comm, self.model,
-                                       self.opt, self.schedules, self.plateau, self.guard,
-                                       self.state, self.global_batch, self.micro, self.say,
-                                       self.recipe, self.config)
-            if where:
-                self.saved.update(step=self.state["step"], path=where)
-                self.say(f"resumed from {where} at epoch {self.state['epoch']}, step "
-                         f"{self.state['step']}")
+            path = self.checkpoint_to_resume()
+            if path is None:
+                self.say("no valid checkpoint in the run directory: starting from scratch")
+            else:
+                self.load_checkpoint(path)
+                self.saved.update(step=self.position.step, path=path)
+                self.say(f"resumed from {path} at epoch {self.position.epoch}, step "
+                         f"{self.position.step}")
         if self.debug:
             if self.given_model is not None:
                 self.say("--debug: no gradient check of a model given to Trainer (it is "
@@ -218,85 +218,149 @@ class Trainer:
                 self.say(gradient_check_report(self.config, self.model, self.train_split,
                                                self.loss_fn))
 
+    def checkpoint_to_resume(self):
+        """The checkpoint --resume names, the same on every rank: with "auto" the newest one
+        of the run directory that verifies (None when there is none), else the path given."""
+        chosen = None
+        if self.comm.rank == 0:
+            if self.resume == "auto":
+                found = checkpoint.newest_valid(self.run_lock.checkpoints, warn=self.say)
+                chosen = str(found[0]) if found else None
+            else:
+                chosen = str(self.resume)
+        return self.comm.bcast_obj(chosen)
+
+    def load_checkpoint(self, path):
+        """Load the model, the optimizer and the run's state from `path`, on every rank;
+        ConfigError when it cannot be used. The keys whose value differs from the
+        checkpoint's config are said (the values given now take effect)."""
+        try:
+            contents = checkpoint.read(path)
+            model_state, optimizer_state, meta = contents
+            checkpoint.check_meta(meta, path)
+            if optimizer_state is None:
+                raise checkpoint.CheckpointError(f"{path} holds no optimizer state")
+            self.model.load_state_dict(model_state)
+            self.opt.load_state_dict(optimizer_state)
+            self.load_state_dict(meta["trainer"], contents.ema)
+        except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as error:
+            raise configuration.ConfigError(f"cannot resume from {path}: {error}") from None
+        differences = configuration.changes(meta["config"], self.config)
+        if differences:
+            self.say(f"resuming with a config that differs from the checkpoint's; the values "
+                     f"given now take effect: {differences}", flush=True)
+
+    def state_dict(self):
+        """The run's state beside the model's and the optimizer's arrays: each part's own
+        state_dict() under its name, JSON-able (a checkpoint's meta "trainer")."""
+        return {"position": self.position.state_dict(), "best": self.best.state_dict(),
+                "early_stopping": self.early_stopping.state_dict(),
+                "schedules": [schedule.state_dict() for schedule in self.schedules],
+                "plateau": self.plateau.state_dict() if self.plateau else None,
+                "guard": self.guard.state_dict(), "recipe": self.recipe.state_dict()}
+
+    def load_state_dict(self, state, ema_state=None):
+        """Load a state_dict() (and the EMA's averaged weights), each part checking what it
+        is given; ValueError when the state is malformed or lies beyond this run's end."""
+        state = saved.checked(state, "trainer", position=saved.OBJECT, best=saved.OBJECT,
+                              early_stopping=saved.OBJECT, schedules=saved.OBJECTS,
+                              plateau=saved.OBJECT_OR_NONE, guard=saved.OBJECT,
+                              recipe=saved.OBJECT)
+        position, end = self.position, self.config.train
+        position.load_state_dict(state["position"])
+        if position.epoch > end.epochs or (end.max_steps and position.step > end.max_steps):
+            raise ValueError(f"the saved run is at epoch {position.epoch}, step "
+                             f"{position.step}, beyond this run's end (train.epochs = "
+                             f"{end.epochs}, train.max_steps = {end.max_steps}): raise them to "
+                             "continue it, or start a new run")
+        self.best.load_state_dict(state["best"], "best")
+        self.early_stopping.load_state_dict(state["early_stopping"], "early_stopping")
+        for schedule, schedule_state in zip(self.schedules, state["schedules"]):
+            schedule.load_state_dict(schedule_state)
+        if self.plateau is not None and state["plateau"]:
+            self.plateau.load_state_dict(state["plateau"])
+        self.guard.load_state_dict(state["guard"])
+        self.recipe.load_state_dict(state["recipe"], ema_state)
+
     # --- one epoch, one step -------------------------------------------------------------------
     def train_epoch(self):
         """Train the rest of the current epoch (or up to the step budget), then validate,
         checkpoint and decide on early stopping."""
         self.timing = dict.fromkeys(("data_wait", "compute", "allreduce_wait", "optimizer"),
                                     0.0)
-        # loss, correct, n; the sum of gradient norms and the number of steps taken
-        self.epoch_sums, self.window_sums = numpy.zeros(5), numpy.zeros(5)
+        self.epoch_totals, self.window_totals = EpochTotals(), EpochTotals()
         self.window_start = time.perf_counter()
-        self.progress = Progress(self.steps_per_epoch, self.state["epoch"],
+        position = self.position
+        self.progress = Progress(self.steps_per_epoch, position.epoch,
                                  enabled=self.comm.rank == 0,
-                                 first_step=self.state["step"] - self.state["batch"] // self.micro)
-        batches = self.loader.epoch_batches(self.state["epoch"], self.state["batch"])
-        while self.state["batch"] < self.steps_per_epoch * self.micro and \
-                not self.out_of_steps():
+                                 first_step=position.step - position.steps_in_epoch)
+        batches = self.loader.epoch_batches(position.epoch, position.micro_batches)
+        while position.steps_in_epoch < self.steps_per_epoch and not self.out_of_steps():
             self.step(batches)
         self.progress.close()
-        if self.state["batch"] < self.steps_per_epoch * self.micro:  # the step budget ran out
-            if self.evaluation:
+        if position.steps_in_epoch < self.steps_per_epoch:  # the step budget ran out
+            if self.val_loader:
                 seen = self.validate()
-                self.say(f"step {self.state['step']} (train.max_steps): val loss "
+                self.say(f"step {position.step} (train.max_steps): val loss "
                          f"{seen['loss']:.4f} accuracy {seen['accuracy']:.4f}", flush=True)
             return
         self.end_epoch()
 
     def step(self, batches):
         """One optimizer step of optim.accumulate micro-batches, its checks and records."""
-        c, state, timing = self.config, self.state, self.timing
-        backend.seed(c.train.seed, self.comm.rank, state["step"])  # dropout masks
+        c, position, timing = self.config, self.position, self.timing
+        backend.seed(c.train.seed, self.comm.rank, position.step)  # dropout masks
         if self.statistics is not None:
-            self.statistics.active = state["step"] % c.log.debug_every == 0
+            self.statistics.active = position.step % c.log.debug_every == 0
             self.statistics.before_step()
         self.opt.zero_grad()
-        local = numpy.zeros(5)  # loss, correct, samples, preemption and interrupt votes
-        for m in range(self.micro):
+        totals = StepTotals()  # this rank's part
+        for m in range(self.accumulate):
             tick = time.perf_counter()
             batch = next(batches)
             timing["data_wait"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            last = m == self.micro - 1
+            last = m == self.accumulate - 1
             with contextlib.nullcontext() if last else self.sync.no_sync(), \
                     self.recipe.autocast():
                 logits = self.model.forward(batch.x)
-                local[0] += float(self.loss_fn.forward(
-                    logits, batch.y, mean_over=self.global_batch * self.micro))
+                totals.loss += float(self.loss_fn.forward(
+                    logits, batch.y, mean_over=self.global_batch * self.accumulate))
                 self.model.backward(self.recipe.scale(self.loss_fn.backward()))
-            local[1] += int((logits.argmax(axis=1) == batch.y).sum())
-            local[2] += len(batch.y)
+            totals.correct += int((logits.argmax(axis=1) == batch.y).sum())
+            totals.samples += len(batch.y)
             timing["compute"] += time.perf_counter() - tick
         tick = time.perf_counter()
         self.sync.wait()
-        local[3:] = self.preemption.votes()
-        self.comm.allreduce(local)  # every rank learns of a signal on any rank
+        totals.preempt_votes, totals.interrupt_votes = self.preemption.votes()
+        totals = totals.reduced(self.comm)  # every rank learns of a signal on any rank
         timing["allreduce_wait"] += time.perf_counter() - tick
-        overflow = self.recipe.unscale()  # fp16: skip this step, alike on every rank
-        self.check_step(local[0], batch.x, overflow)
+        self.recipe.unscale()  # the gradient norm, once; fp16: an overflow skips the step
+        self.check_step(totals.loss, batch.x)
         tick = time.perf_counter()
         grad_norm = self.recipe.step()  # clipped, stepped (unless skipped), EMA updated
         for schedule in self.schedules:
             schedule.step()
         timing["optimizer"] += time.perf_counter() - tick
-        state["step"] += 1
-        state["batch"] += self.micro
-        self.account(local, grad_norm)
-        stop = self.preemption.exit_code(local[3:])
+        position.step += 1
+        position.micro_batches += self.accumulate
+        self.account(totals, grad_norm)
+        stop = self.preemption.exit_code((totals.preempt_votes, totals.interrupt_votes))
         if stop:  # all ranks stop after the same step
             self.stop_for_signal(stop)
         every = c.checkpoint.every_steps
-        if every and state["step"] % every == 0:
+        if every and position.step % every == 0:
             self.save()
 
-    def check_step(self, loss, x, overflow=False):
+    def check_step(self, loss, x):
         """Stop the run, on every rank alike, when the global loss or the gradients went
         NaN/Inf (naming the first layer that produced them) or the loss diverges. Steps are
         numbered as the records number them: the first step is step 1. Under fp16 an
-        `overflow` of the scaled gradients skips the step instead (the loss scaler's rule)."""
-        step = self.state["step"] + 1
-        if not (math.isfinite(loss) and
-                (overflow or math.isfinite(self.sync.grad_sq_norm()))):
+        overflow of the scaled gradients (no gradient norm) skips the step instead (the loss
+        scaler's rule)."""
+        step = self.position.step + 1
+        grad_norm = self.recipe.grad_norm
+        if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             with self.recipe.autocast():  # in the precision that produced it
                 report = nonfinite_report(self.model, x, step)
             raise TrainingStopped(self.comm.bcast_obj(report))
@@ -306,105 +370,84 @@ class Trainer:
                 self.say(warning, flush=True)
         self.guard.check(loss, step, self.opt.lr)
 
-    def account(self, local, grad_norm):
-        """Add a step's global loss/correct/count and gradient norm (None: a skipped step) to
-        the epoch's and the log window's sums; write the training record (and the --debug
-        report) when one is due."""
-        taken = grad_norm is not None
-        sums = numpy.array([local[0] * local[2], local[1], local[2], grad_norm or 0.0, taken])
-        self.epoch_sums += sums
-        self.window_sums += sums
-        step = self.state["step"]
+    def account(self, totals, grad_norm):
+        """Add a step's totals and gradient norm (None: a skipped step) to the epoch's and
+        the log window's; write the training record (and the --debug report) when due."""
+        taken = EpochTotals.of_step(totals, grad_norm)
+        self.epoch_totals += taken
+        self.window_totals += taken
+        step = self.position.step
         if self.statistics is not None and self.statistics.active and self.comm.rank == 0:
             write_debug_report(self.run_dir, step, self.statistics)
         if step % self.config.log.every_steps == 0:
-            n = self.window_sums[2]
-            values = {"loss": self.window_sums[0] / n, "accuracy": self.window_sums[1] / n,
-                      "samples_per_s": n / (time.perf_counter() - self.window_start)}
+            window = self.window_totals
+            values = {"loss": window.mean("loss"), "accuracy": window.mean("correct"),
+                      "samples_per_s": window.samples / (time.perf_counter() -
+                                                         self.window_start)}
             scaler = self.recipe.scaler
-            self.record("train", **values, grad_norm=self.window_sums[3] / self.window_sums[4]
-                        if self.window_sums[4] else None,
+            self.record("train", **values, grad_norm=window.mean_grad_norm(),
                         **({"loss_scale": scaler.scale, "skipped_steps": scaler.skipped}
                            if scaler else {}))
-            self.progress.update(self.state["batch"] // self.micro, **values, lr=self.opt.lr)
-            self.window_sums, self.window_start = numpy.zeros(5), time.perf_counter()
+            self.progress.update(self.position.steps_in_epoch, **values, lr=self.opt.lr)
+            self.window_totals, self.window_start = EpochTotals(), time.perf_counter()
 
     def stop_for_signal(self, code):
         """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
-        distributed.finished()  # the other ranks may leave while rank 0 writes
+        distributed.allow_exit()  # the other ranks may leave while rank 0 writes
         self.save()
+        step = self.position.step
         received = self.preemption.received or "signal on another rank"
-        written = f"checkpoint of step {self.state['step']} written" \
-            if self.saved["step"] == self.state["step"] else \
-            f"the checkpoint of step {self.state['step']} could not be written, the newest on " \
-            f"disk is {self.saved['path']}"
+        written = f"checkpoint of step {step} written" if self.saved["step"] == step else \
+            f"the checkpoint of step {step} could not be written, the newest on disk is " \
+            f"{self.saved['path']}"
         self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
                  f"{written}; exiting with {code}"
                  + (" for the job script to requeue" if code == EXIT_PREEMPTED else ""),
                  flush=True)
-        raise Preempted(code)
+        raise StoppedBySignal(code)
 
     def end_epoch(self):
         """Epoch records, validation, plateau schedule, checkpoints, early stopping."""
-        c, state, sums = self.config, self.state, self.epoch_sums
-        self.metrics = {"train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2]}
+        c, totals = self.config, self.epoch_totals
+        self.metrics = {"train_loss": totals.mean("loss"),
+                        "train_accuracy": totals.mean("correct")}
         self.record("train", scope="epoch", loss=self.metrics["train_loss"],
                     accuracy=self.metrics["train_accuracy"],
-                    samples_per_s=sums[2] / max(sum(self.timing.values()), 1e-9), **self.timing)
-        if self.evaluation:
+                    samples_per_s=totals.samples / max(sum(self.timing.values()), 1e-9),
+                    **self.timing)
+        if self.val_loader:
             seen = self.validate()
-            self.say(f"epoch {state['epoch']}: val loss {seen['loss']:.4f} "
+            self.say(f"epoch {self.position.epoch}: val loss {seen['loss']:.4f} "
                      f"accuracy {seen['accuracy']:.4f}", flush=True)
-        state["epoch"] += 1
-        state["batch"] = 0
+        self.position.next_epoch()
+        epochs = self.position.epoch
         if self.plateau is not None:
             self.plateau.step(self.metrics[c.schedule.plateau_metric])
-        improved = self.track_best()
+        improved = self.best.update(self.metrics)
+        self.early_stopping.update(self.metrics)
         self.save()
         if improved and c.checkpoint.keep_best:
             self.save(checkpoint.BEST)
         if self.overfit and self.metrics.get("val_accuracy") == 1.0:
             self.say(f"overfit: 100% training accuracy on {len(self.train_split)} samples "
-                     f"after {plural(state['epoch'], 'epoch')}")
+                     f"after {plural(epochs, 'epoch')}")
             self.stopped_early = True
-        elif self.overfit and state["epoch"] >= c.train.epochs:
+        elif self.overfit and epochs >= c.train.epochs:
             raise TrainingStopped(f"could not overfit {len(self.train_split)} samples in "
                                   f"{plural(c.train.epochs, 'epoch')}: check the model and "
                                   "the learning rate")
         patience = c.train.early_stopping_patience
-        if patience and state["stale"] >= patience:
+        if patience and self.early_stopping.stale >= patience:
             self.say(f"early stopping: {c.train.early_stopping_metric} has not improved for "
                      f"{plural(patience, 'epoch')}")
             self.stopped_early = True
-
-    def track_best(self):
-        """Update the best value of checkpoint.best_metric and the early-stopping count; True
-        when this epoch is the best so far."""
-        c, state, metrics = self.config, self.state, self.metrics
-
-        def better(value, reference, metric, delta=0.0):
-            if reference is None:
-                return True
-            return value < reference - delta if metric.endswith("loss") else \
-                value > reference + delta
-
-        improved = better(metrics[c.checkpoint.best_metric], state["best"],
-                          c.checkpoint.best_metric)
-        if improved:
-            state["best"] = metrics[c.checkpoint.best_metric]
-        watched = c.train.early_stopping_metric
-        if better(metrics[watched], state["watched"], watched, c.train.early_stopping_min_delta):
-            state["watched"], state["stale"] = metrics[watched], 0
-        else:
-            state["stale"] += 1
-        return improved
 
     # --- validation, records, checkpoints ----------------------------------------------------
     def validate(self):
         """Evaluate the validation split on all ranks, record it and keep it in the summary."""
         tick = time.perf_counter()
         with self.recipe.evaluation_weights():  # the EMA's when train.ema_decay is set
-            seen = evaluate(self.model, self.evaluation.epoch_batches(0), self.val_loss_fn,
+            seen = evaluate(self.model, self.val_loader.epoch_batches(0), self.val_loss_fn,
                             self.comm)
         self.record("val", loss=seen["loss"], accuracy=seen["accuracy"],
                     samples_per_s=seen["count"] / (time.perf_counter() - tick))
@@ -413,8 +456,8 @@ class Trainer:
 
     def record(self, split, **values):
         if self.log is not None:
-            self.log.write({"split": split, "epoch": self.state["epoch"],
-                            "step": self.state["step"], "lr": self.opt.lr,
+            self.log.write({"split": split, "epoch": self.position.epoch,
+                            "step": self.position.step, "lr": self.opt.lr,
                             "time": time.perf_counter() - self.started, **values})
 
     def save(self, name=None):
@@ -425,38 +468,32 @@ class Trainer:
             if self.config.optim.shard or self.comm.rank == 0 else None
         if self.comm.rank != 0:
             return
-        state = self.state
-        meta = {**state, "samples": state["batch"] * self.global_batch,
-                "world_size": self.comm.size,
-                "schedules": [s.state_dict() for s in self.schedules],
-                "plateau": self.plateau.state_dict() if self.plateau else None,
-                "guard": self.guard.state_dict(),
-                "config": configuration.to_toml(self.config),
-                "model_given": self.given_model is not None,
-                "recipe": self.recipe.state_dict()}
+        step = self.position.step
+        meta = {"trainer": self.state_dict(), "config": configuration.to_toml(self.config),
+                "world_size": self.comm.size, "model_given": self.given_model is not None}
         ema = self.recipe.ema.state_dict() if self.recipe.ema else None
         content = (self.model.state_dict(), optimizer_state, meta)
         try:
             if name is None:
-                path = checkpoint.save_step(self.run_dir / "checkpoints", state["step"],
-                                            *content, self.config.checkpoint.keep, ema)
-                self.saved.update(step=state["step"], path=str(path), error=None)
+                path = checkpoint.save_step(self.run_lock.checkpoints, step, *content,
+                                            self.config.checkpoint.keep, ema)
+                self.saved.update(step=step, path=str(path), error=None)
             else:
-                checkpoint.write(self.run_dir / "checkpoints" / name, *content, ema)
+                checkpoint.write(self.run_lock.checkpoints / name, *content, ema)
         except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
             self.saved["error"] = str(error)
-            self.say(f"warning: could not write the checkpoint of step {state['step']} "
+            self.say(f"warning: could not write the checkpoint of step {step} "
                      f"({error}); the previous checkpoints are intact", flush=True)
 
     def missing_final_checkpoint(self):
         """Why the last step has no checkpoint on disk (rank 0's verdict, on every rank), or
         None when it has one."""
         saved = self.comm.bcast_obj(self.saved if self.comm.rank == 0 else None)
-        if saved["step"] == self.state["step"]:
+        if saved["step"] == self.position.step:
             return None
         newest = f"the newest on disk is {saved['path']}" if saved["path"] else \
             "no checkpoint of this run is on disk"
-        return (f"the final checkpoint (step {self.state['step']}) could not be written "
+        return (f"the final checkpoint (step {self.position.step}) could not be written "
                 f"({saved['error']}); {newest}")
 
     def finish(self):
@@ -465,11 +502,11 @@ class Trainer:
         process has not run one (a resumed run that had already ended), plots."""
         if self.out_of_steps() and self.missing_final_checkpoint():
             self.save()
-        if self.evaluation and "val_loss" not in self.metrics:
+        if self.val_loader and "val_loss" not in self.metrics:
             seen = self.validate()
             self.say(f"final: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}")
         missing = self.missing_final_checkpoint()
-        distributed.finished()  # the last collective is behind: the others may leave
+        distributed.allow_exit()  # the last collective is behind: the others may leave
         if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
             try:
                 self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir)))
@@ -477,5 +514,5 @@ class Trainer:
                 self.say(f"warning: no plots: {error}")
         if missing:  # exit 4, never 0: 0 promises the final checkpoint is on disk
             raise FinalCheckpointLost(missing)
-        self.say(f"done: {plural(self.state['step'], 'step')}, "
-                 f"{plural(self.state['epoch'], 'epoch')}; run directory {self.run_dir}")
+        self.say(f"done: {plural(self.position.step, 'step')}, "
+                 f"{plural(self.position.epoch, 'epoch')}; run directory {self.run_dir}")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dist_nn.dist.process import THREAD_VARIABLES, threads_per_rank
+from dist_nn.distributed.process import THREAD_VARIABLES, threads_per_rank
 from .job import supervise
 
 

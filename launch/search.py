@@ -5,8 +5,8 @@
     (installed: dist-nn-search ...)
 
 The space (a TOML file and/or `--param` flags, which win over the file; launch/space.toml in
-the repository is a commented example; keys are dist_nn.train's, see the README's
-"Configuration reference" or `python -m dist_nn.config --reference`):
+the repository is a commented example; keys are dist_nn.train's, see the configuration
+reference docs/configuration.md or `python -m dist_nn.config --reference`):
 
     [params]                                                # searched
     "optim.lr" = {low = 1e-4, high = 1.0, scale = "log"}   # log-uniform

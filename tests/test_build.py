@@ -4,7 +4,7 @@ import pytest
 
 from dist_nn import build, config, models
 from dist_nn.data import DataError
-from dist_nn.dist import GradSync, LocalCommunicator, ShardedGradSync, ShardedOptimizer
+from dist_nn.distributed import GradSync, LocalCommunicator, ShardedGradSync, ShardedOptimizer
 from dist_nn.optim import Adam
 
 

@@ -128,18 +128,18 @@ def test_forged_content_is_refused_before_use(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"model/huge declares \(1000000000000,\) "
                                                          "but holds less data"):
         checkpoint.read(path)
-    valid = {"epoch": 1, "step": 7, "samples": 64, "stale": 0, "world_size": 2, "best": None,
-             "watched": 0.5, "schedules": [{"t": 7, "base": 0.1}], "plateau": None,
-             "guard": {"initial": 2.3}, "config": ""}
-    checkpoint.check_meta(valid, "c.h5", epochs=1, max_steps=0)
-    for bad, message in [({"epoch": 10**6}, "at epoch 1000000, step 7, beyond this run's end"),
-                         ({"step": -1}, "step must be a count, got '-1'"),
-                         ({"best": float("nan")}, "best must be a number or null"),
-                         ({"schedules": "x"}, "schedules must be a list of objects")]:
+    valid = {"format": checkpoint.FORMAT, "trainer": {}, "config": "", "world_size": 2,
+             "model_given": False}
+    checkpoint.check_meta(valid, "c.h5")
+    for bad, message in [({"world_size": 0}, "world_size must be a count > 0, got '0'"),
+                         ({"config": 5}, "config must be text"),
+                         ({"trainer": []}, "trainer must be an object"),
+                         ({"format": 1}, "has format 1 .*this dist_nn .* reads format 2")]:
         with pytest.raises(checkpoint.CheckpointError, match=message):
-            checkpoint.check_meta({**valid, **bad}, "c.h5", epochs=20, max_steps=0)
-    with pytest.raises(checkpoint.CheckpointError, match="lacks the entry 'guard'"):
-        checkpoint.check_meta({k: v for k, v in valid.items() if k != "guard"}, "c.h5")
+            checkpoint.check_meta({**valid, **bad}, "c.h5")
+    with pytest.raises(checkpoint.CheckpointError, match="lacks the entry 'trainer': not a "
+                                                         "training checkpoint"):
+        checkpoint.check_meta({k: v for k, v in valid.items() if k != "trainer"}, "c.h5")
 
 
 def test_an_optimizer_state_sets_only_its_own_hyperparameters():

@@ -18,10 +18,11 @@ HELP = {
     "python -m datasets": ("datasets.__main__", ["exit status", "data.path="]),
     "python -m launch.mpirun": ("launch.mpirun", ["exit status", "-n 4", "OMP_NUM_THREADS"]),
     "python -m launch.search": ("launch.search", ["exit status", "launch/space.toml",
-                                                  "Configuration reference"]),
+                                                  "docs/configuration.md"]),
     "python -m dist_nn.evaluate": ("dist_nn.evaluate", ["exit status", "-n N"]),
     "python -m dist_nn.plot": ("dist_nn.plot", ["exit status", "RUN_DIR"]),
-    "python -m dist_nn.config": ("dist_nn.config", ["exit status", "--reference", "overrides"]),
+    "python -m dist_nn.config": ("dist_nn.config.__main__", ["exit status", "--reference",
+                                                           "overrides", "--resume"]),
 }
 
 
@@ -38,10 +39,10 @@ def test_help_explains_the_arguments(command, capsys):
 
 
 def test_config_command_exits_2_with_one_message(capsys):
-    from dist_nn import config
-    assert config.main(["optim.lr=fast"]) == 2
+    from dist_nn.config.__main__ import main
+    assert main(["optim.lr=fast"]) == 2
     assert capsys.readouterr().err == "error: optim.lr must be a number, got 'fast'\n"
-    assert config.main(["--config", str(ROOT / "launch" / "space.toml")]) == 2  # not a config
+    assert main(["--config", str(ROOT / "launch" / "space.toml")]) == 2  # not a config
 
 
 SOURCE_IGNORED = shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "__pycache__",

@@ -1,5 +1,8 @@
-"""The typed configuration: files, overrides, validation, round trip, the README reference."""
+"""The typed configuration: files, overrides, validation (every key, the rules across keys),
+round trip, the generated reference page."""
 import re
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -34,7 +37,6 @@ def test_round_trip_through_toml():
     (["model.name=vgg"], "model.name must be one of mlp, cnn, resnet20"),
     (["optim.lr=-1"], "optim.lr must be >= 0, got -1"),
     (["model.dropout=1.0"], r"model.dropout must be in \[0, 1\)"),
-    (["train.epochs=0"], "nothing to train"),
     (["lr=0.1"], "must look like section.key=value"),
     (["data.global_batch_size=0"], "data.global_batch_size must be >= 1, got 0"),
     (["train.explosion_factor=1"], r"train.explosion_factor must be 0 \(off\) or > 1, got 1.0"),
@@ -113,25 +115,68 @@ def test_bad_files(tmp_path):
 
 def test_without_a_val_split_training_metrics_are_watched_with_one_notice():
     c = config.load(None, ["schedule.name=plateau", "data.path=mine.h5"])
-    assert config.check_metrics(c, has_val=True) is None and c.checkpoint.best_metric == \
+    assert config.fall_back_to_train_metrics(c, has_val=True) is None and c.checkpoint.best_metric == \
         "val_accuracy"
-    notice = config.check_metrics(c, has_val=False)
+    notice = config.fall_back_to_train_metrics(c, has_val=False)
     assert notice == ("notice: mine.h5 has no /val split: watching training metrics instead "
                       "(checkpoint.best_metric = train_accuracy, train.early_stopping_metric = "
                       "train_loss, schedule.plateau_metric = train_loss)")
     assert (c.checkpoint.best_metric, c.train.early_stopping_metric,
             c.schedule.plateau_metric) == ("train_accuracy", "train_loss", "train_loss")
-    assert config.check_metrics(c, has_val=False) is None  # nothing left to change
+    assert config.fall_back_to_train_metrics(c, has_val=False) is None  # nothing left to change
     c = config.load(None, ["checkpoint.best_metric=train_loss"])  # plateau_metric not in use
-    assert config.check_metrics(c, has_val=False).endswith(
+    assert config.fall_back_to_train_metrics(c, has_val=False).endswith(
         "(train.early_stopping_metric = train_loss)")
     assert c.schedule.plateau_metric == "val_loss"
 
 
-def test_readme_reference_is_generated_from_the_config():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- config-reference -->\n(.*?)\n<!-- /config-reference -->", readme,
-                      re.S)
-    assert block, "README lacks the generated configuration reference"
-    assert block.group(1) == config.reference(), \
-        "regenerate it: python -m dist_nn.config --reference"
+def test_the_reference_page_is_generated_from_the_config():
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page == config.reference(), \
+        "docs/configuration.md is stale: python -m dist_nn.config --reference > " \
+        "docs/configuration.md"
+    for name, spec in every_key():
+        assert f"| `{name}` |" in page
+    assert all(" ".join(rule.__doc__.split()) in page for rule in config.RULES)
+
+
+# one configuration that breaks each rule across keys, with the message it gets
+BROKEN_RULES = [
+    (["train.epochs=0"], "nothing to train"),
+    (["schedule.name=plateau", "schedule.warmup_epochs=1"],
+     "schedule.warmup_epochs does not combine with the plateau schedule"),
+    (["schedule.momentum_start=0.5", "optim.name=adam"],
+     "schedule.momentum_start needs an optimizer with momentum (sgd or rmsprop), not "
+     "optim.name = 'adam'"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov needs optim.name = \"sgd\" and "
+     "optim.momentum > 0"),
+    (["train.comm=nccl", "train.device=cpu"], "train.comm = \"nccl\" needs GPUs"),
+    (["--resume", "auto"], "--resume auto needs log.run_dir=... (the run to resume)"),
+]
+
+
+def test_every_rule_across_keys_has_a_case_here():
+    assert len(BROKEN_RULES) == len(config.RULES)
+
+
+@pytest.mark.parametrize("argv, message", BROKEN_RULES, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else "")
+def test_the_config_command_refuses_exactly_what_training_refuses(argv, message, tmp_path):
+    """`python -m dist_nn.config` and `python -m dist_nn.train` give the same one message and
+    exit 2 for a configuration that breaks a rule, before anything is trained or written."""
+    said = {}
+    for command in ("dist_nn.config", "dist_nn.train"):
+        done = subprocess.run([sys.executable, "-m", command, *argv], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        said[command] = done.stderr.strip()
+    assert said["dist_nn.config"] == said["dist_nn.train"]
+    assert said["dist_nn.train"].startswith(f"error: {message}") and "\n" not in said["dist_nn.train"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_valid_command_line_is_printed_as_toml():
+    done = subprocess.run([sys.executable, "-m", "dist_nn.config", "optim.lr=0.2",
+                           "--resume", "auto", "log.run_dir=runs/a"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and config.loads(done.stdout).optim.lr == 0.2

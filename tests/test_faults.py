@@ -16,7 +16,7 @@ from launch import mpirun
 from tests.test_checkpoint import corrupt
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAM = ROOT / "tests" / "dist" / "programs" / "train_with_faults.py"
+PROGRAM = ROOT / "tests" / "distributed" / "programs" / "train_with_faults.py"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
 BASE = ["model.name=mlp", "model.hidden=[32]", "log.plots=false", "log.tensorboard=off",
@@ -81,13 +81,13 @@ def test_a_signal_to_one_rank_checkpoints_and_resumes_exactly(tmp_path):
     code, out, err = finish(job)
     assert code == 75, err
     assert "preempted (signal on another rank): checkpoint of step" in out
-    stopped_at = final_state(tmp_path / "preempted")[2]["step"]
+    stopped_at = final_state(tmp_path / "preempted")[2]["trainer"]["position"]["step"]
     assert 10 <= stopped_at < 400
     code, out, err = finish(start(tmp_path / "preempted", *run, "--resume", "auto"))
     assert code == 0, err
     assert f"step {stopped_at}" in out
     a, b = final_state(tmp_path / "straight"), final_state(tmp_path / "preempted")
-    assert a[2]["step"] == b[2]["step"] == 400
+    assert a[2]["trainer"]["position"]["step"] == b[2]["trainer"]["position"]["step"] == 400
     for key in a[0]:
         np.testing.assert_array_equal(a[0][key], b[0][key], err_msg=key)
 
@@ -115,10 +115,10 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
     assert list(checkpoints.glob("*.partial"))  # the torn write, never renamed
     path, (_, _, meta) = checkpoint.newest_valid(checkpoints)
-    assert path.name == "step-000000005.h5" and meta["step"] == 5
+    assert path.name == "step-000000005.h5" and meta["trainer"]["position"]["step"] == 5
     code, out, err = finish(start(tmp_path / "run", *run, "--resume", "auto"))
     assert code == 0 and "at epoch 0, step 5" in out, err
-    assert final_state(tmp_path / "run")[2]["step"] == 20
+    assert final_state(tmp_path / "run")[2]["trainer"]["position"]["step"] == 20
 
 
 def truncate(path):

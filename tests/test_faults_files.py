@@ -17,7 +17,7 @@ import pytest
 from dist_nn import checkpoint
 from dist_nn.data import DatasetWriter
 from launch import mpirun
-from tests.data.test_validate import flip_a_byte_in_chunk, huge
+from tests.data.test_checks import flip_a_byte_in_chunk, huge
 from tests.test_faults import finish, rank_pid, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
                    f"given now take effect: optim.lr: 0.05 -> 0.01; train.max_steps: 0 -> "
                    f"{saved[0] + 3}")
     meta = checkpoint.read(checkpoint.step_checkpoints(path / "checkpoints")[0][1])[2]
-    assert meta["step"] == saved[0] + 3 and "lr = 0.01" in meta["config"]
+    assert meta["trainer"]["position"]["step"] == saved[0] + 3 and "lr = 0.01" in meta["config"]
 
     code, out, err = run(path, *SMALL, "train.max_steps=2", "log.overwrite=true")
     assert code == 0, err
@@ -108,7 +108,12 @@ def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny
                 "log.tensorboard=on"]
     job = start(path, *run_args, "train.watchdog_s=60")
     wait_for_step(path, 12, job)
+    ranks = [rank_pid(path, rank) for rank in range(2)]
+    for pid in ranks:  # held while the disk fills: a step takes less than the filling
+        os.kill(pid, signal.SIGSTOP)
     filler = fill(disk)
+    for pid in ranks:
+        os.kill(pid, signal.SIGCONT)
     code, out, err = finish(job, 180)
     assert code == 4, err
     last = steps_on_disk(path)[0]
@@ -186,11 +191,12 @@ def test_forged_and_unsigned_checkpoints(tmp_path):
     code, out, err = run(path, *SMALL, "train.max_steps=10", "checkpoint.every_steps=5")
     assert code == 0, err
     model, optimizer, meta = checkpoint.read(path / "checkpoints" / "step-000000010.h5")
-    forged = checkpoint.write(tmp_path / "forged.h5", model, optimizer, {**meta, "epoch": 10**6})
+    meta["trainer"]["position"]["epoch"] = 10**6
+    forged = checkpoint.write(tmp_path / "forged.h5", model, optimizer, meta)
     code, out, err = run(path, *SMALL, "--resume", forged)
     assert code == 2
-    said_once(err, f"cannot resume from {forged}: checkpoint {forged} is at epoch 1000000, "
-                   "step 10, beyond this run's end (train.epochs = 20")
+    said_once(err, f"cannot resume from {forged}: the saved run is at epoch 1000000, step 10, "
+                   "beyond this run's end (train.epochs = 20")
     with h5py.File(path / "checkpoints" / "step-000000010.h5", "a") as f:
         del f.attrs["checksum"]
     code, out, err = run(path, *SMALL, "train.max_steps=12", "--resume", "auto")

@@ -13,7 +13,7 @@ from dist_nn import checkpoint
 from launch import mpirun
 from tests.test_faults import BASE, ROOT, finish, final_state, wait_for_step
 
-PROGRAM = ROOT / "tests" / "dist" / "programs" / "train_process_faults.py"
+PROGRAM = ROOT / "tests" / "distributed" / "programs" / "train_process_faults.py"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(mpirun.mpiexec_path() is None, reason="no mpiexec")]
 RUN = BASE + ["checkpoint.every_steps=5", "checkpoint.keep=100"]  # all kept: none pruned
@@ -33,7 +33,7 @@ def start(run_dir, *arguments, fault=(), launcher=False, ranks=2):
 def steps_saved(run_dir):
     """The steps of the valid checkpoints in run_dir, newest first."""
     return [step for step, path in checkpoint.step_checkpoints(Path(run_dir) / "checkpoints")
-            if checkpoint.read(path)[2]["step"] == step]
+            if checkpoint.read(path)[2]["trainer"]["position"]["step"] == step]
 
 
 def processes_of(run_dir):
@@ -110,4 +110,4 @@ def test_ctrl_c_on_one_process(tmp_path):
     job.send_signal(signal.SIGINT)
     code, out, err = finish(job, timeout=30)
     assert code == 130 and "Traceback" not in err, err
-    assert final_state(tmp_path / "run")[2]["step"] >= 6
+    assert final_state(tmp_path / "run")[2]["trainer"]["position"]["step"] >= 6

@@ -3,7 +3,7 @@ cannot hold a run, and a full disk for config.toml."""
 import pytest
 
 from dist_nn import checkpoint, config, run_dir
-from dist_nn.dist import LocalCommunicator
+from dist_nn.distributed import LocalCommunicator
 
 COMM = LocalCommunicator()
 

@@ -87,7 +87,8 @@ def test_resume_on_another_world_size(tmp_path):
     done = ok(run(1, tmp_path / "run", *base, "--resume", "auto"))
     assert "resumed from" in done.stdout and "at epoch 1, step 30" in done.stdout
     meta = checkpoint.read(checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")[0][1])[2]
-    assert (meta["step"], meta["world_size"], meta["epoch"]) == (66, 1, 3)
+    position = meta["trainer"]["position"]
+    assert (position["step"], meta["world_size"], position["epoch"]) == (66, 1, 3)
     val = [r for r in read_records(tmp_path / "run") if r["split"] == "val"]
     assert val[-1]["accuracy"] > 0.9
 

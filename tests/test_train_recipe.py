@@ -11,7 +11,7 @@ import pytest
 
 from dist_nn import checkpoint
 from dist_nn.monitor import read_records
-from tests.dist import mpi
+from tests.distributed import mpi
 from tests.test_train import ROOT, SMALL, ok, run
 
 pytestmark = [pytest.mark.slow, mpi.needs_mpi]
@@ -75,7 +75,7 @@ def test_sharded_cli_run_with_fp16_and_ema_finishes(tmp_path):
     assert "done: 20 steps" in done.stdout
     final = checkpoint.read(tmp_path / "run" / "checkpoints" / "step-000000020.h5")
     assert final.ema is not None and sorted(final.ema) == sorted(final[0])
-    assert final[2]["recipe"]["scaler"]["scale"] > 0 and final[1]["step"] > 0
+    assert final[2]["trainer"]["recipe"]["scaler"]["scale"] > 0 and final[1]["step"] > 0
 
 
 def test_bf16_without_ml_dtypes_is_a_configuration_error(tmp_path):
@@ -121,6 +121,7 @@ def test_resume_with_amp_ema_and_clipping_is_exact(tmp_path):
                                  (a[1]["buffers"], b[1]["buffers"])):
             for key in group_a:
                 np.testing.assert_array_equal(group_a[key], group_b[key], err_msg=f"{step} {key}")
-        assert a[2]["recipe"] == b[2]["recipe"] and a[2]["recipe"]["scaler"]["scale"] > 0
+        recipes = a[2]["trainer"]["recipe"], b[2]["trainer"]["recipe"]
+        assert recipes[0] == recipes[1] and recipes[0]["scaler"]["scale"] > 0
         assert any(not np.array_equal(a.ema[k], v) for k, v in a[0].items()
                    if v.dtype.kind == "f")  # the averaged weights are not the live ones

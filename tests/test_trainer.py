@@ -10,7 +10,7 @@ import pytest
 
 from dist_nn import Trainer, checkpoint, nn
 from dist_nn.config import ConfigError
-from dist_nn.dist import LocalCommunicator
+from dist_nn.distributed import LocalCommunicator
 from dist_nn.monitor import read_records
 from launch import mpirun
 
@@ -181,4 +181,4 @@ def test_sharding_combines_with_mixed_precision_and_ema(tmp_path, amp):
         assert sorted(a) == sorted(b)
         for key in b:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert saved["true"][2]["recipe"] == saved["false"][2]["recipe"]
+    assert saved["true"][2]["trainer"]["recipe"] == saved["false"][2]["trainer"]["recipe"]

@@ -3,7 +3,7 @@ prefetching loader."""
 from .dataset import HDF5Split, Subset, open_split, shard_files
 from .loader import Batch, Loader
 from .sampler import DistributedSampler
-from .validate import DataError, DataReadError
+from .checks import DataError, DataReadError
 from .writer import DatasetWriter, shard_paths
 
 __all__ = ["Batch", "DataError", "DataReadError", "DatasetWriter", "DistributedSampler", "HDF5Split", "Loader",

@@ -15,7 +15,7 @@ import os
 import h5py
 import numpy
 
-from .validate import DataError, DataReadError, check_split
+from .checks import DataError, DataReadError, check_split
 
 
 def shard_files(path):
@@ -180,7 +180,7 @@ class Subset:
 def open_split(path, split, comm, check_values=True):
     """Open and validate a split on every rank; any rank's DataError is raised on all of
     them. Each rank scans its share of float samples for NaN/Inf (check_values)."""
-    from ..dist import raise_together
+    from ..distributed import raise_together
     dataset, error = None, None
     try:
         dataset = HDF5Split(path, split)

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from .. import backend, models, nn
+from .. import backend, models, nn, saved
 from ..nn.gradcheck import check_gradients
 
 
@@ -66,6 +66,8 @@ class ExplosionGuard:
                 "above": self.above}
 
     def load_state_dict(self, state):
+        state = saved.checked(state, "explosion guard", reference=saved.NUMBER_OR_NONE,
+                              average=saved.NUMBER, count=saved.COUNT, above=saved.COUNT)
         self.reference, self.average = state["reference"], state["average"]
         self.count, self.above = state["count"], state["above"]
 

@@ -1,5 +1,5 @@
 """Optimizers on flat parameter buffers, and learning-rate/momentum schedules."""
-from .clip import clip_grad_norm, grad_norm
+from .clip import clip_grad_norm, grad_norm, squared_norm
 from .ema import WeightEMA
 from .flat import FlatParameters, FlatShard
 from .optimizers import OPTIMIZERS, SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
@@ -12,4 +12,4 @@ __all__ = ["FlatParameters", "FlatShard", "LossScaler", "OPTIMIZERS", "SGD", "Ad
            "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop", "SCHEDULES", "Constant", "CosineDecay",
            "ExponentialDecay", "InverseTimeDecay", "MomentumRamp", "MultiStepDecay",
            "PlateauDecay", "Schedule", "StepDecay", "StepRecipe", "Warmup", "WeightEMA",
-           "clip_grad_norm", "grad_norm"]
+           "clip_grad_norm", "grad_norm", "squared_norm"]

@@ -18,7 +18,7 @@ clean steps in a row it doubles. A hand-written loop:
 """
 import numpy
 
-from .. import backend
+from .. import backend, saved
 from .flat import FlatParameters, FlatShard
 
 
@@ -88,5 +88,7 @@ class LossScaler:
         return {"scale": self.scale, "growth_tracker": self.growth_tracker}
 
     def load_state_dict(self, state):
+        state = saved.checked(state, "loss scaler", scale=saved.POSITIVE,
+                              growth_tracker=saved.COUNT)
         self.scale = self._float32(state["scale"])
-        self.growth_tracker = int(state["growth_tracker"])
+        self.growth_tracker = state["growth_tracker"]

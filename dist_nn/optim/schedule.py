@@ -8,6 +8,8 @@ a metric instead), so a schedule's whole state is t and the base value.
 """
 import math
 
+from .. import saved
+
 
 class Schedule:
     attribute = "lr"
@@ -36,7 +38,9 @@ class Schedule:
         return {"t": self.t, "base": self.base}
 
     def load_state_dict(self, state):
-        self.t, self.base = int(state["t"]), float(state["base"])
+        state = saved.checked(state, f"schedule {type(self).__name__}", t=saved.COUNT,
+                              base=saved.NUMBER)
+        self.t, self.base = state["t"], float(state["base"])
         self._apply()
 
 
@@ -174,8 +178,11 @@ class PlateauDecay(Schedule):
                 "bad_steps": self.bad_steps, "cooldown_left": self.cooldown_left}
 
     def load_state_dict(self, state):
+        state = saved.checked(state, "schedule PlateauDecay", current=saved.NUMBER,
+                              best=saved.NUMBER_OR_INFINITY, bad_steps=saved.COUNT,
+                              cooldown_left=saved.COUNT)
         self.current, self.best = float(state["current"]), float(state["best"])
-        self.bad_steps, self.cooldown_left = int(state["bad_steps"]), int(state["cooldown_left"])
+        self.bad_steps, self.cooldown_left = state["bad_steps"], state["cooldown_left"]
         super().load_state_dict(state)
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from dist_nn.data import DataError, DatasetWriter, HDF5Split, open_split
-from dist_nn.dist import LocalCommunicator
+from dist_nn.distributed import LocalCommunicator
 from tests.data.conftest import write_raw
-from tests.dist import mpi
+from tests.distributed import mpi
 
 
 @pytest.fixture

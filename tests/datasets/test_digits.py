@@ -2,7 +2,7 @@ import numpy
 import pytest
 
 from datasets import digits
-from dist_nn.data.digits import EMBEDDED
+from dist_nn.data.embedded import EMBEDDED
 from tests.datasets.readback import read_back
 
 

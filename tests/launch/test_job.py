@@ -12,7 +12,7 @@ import pytest
 
 
 from launch import job, mpirun
-from tests.dist import mpi
+from tests.distributed import mpi
 
 FAILURE = [sys.executable, str(mpi.PROGRAMS / "failure.py"), "raise"]
 LAUNCHER = [sys.executable, "-m", "launch.mpirun", "-n", "2"]

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from dist_nn.dist.process import cores_per_rank
+from dist_nn.distributed.process import cores_per_rank
 from launch import mpirun
-from tests.dist import mpi
+from tests.distributed import mpi
 
 OPEN_MPI = shutil.which("mpiexec.openmpi")  # Debian's Open MPI (CI installs it)
 
@@ -40,7 +40,7 @@ def test_a_users_omp_num_threads_is_honoured(monkeypatch):
 @mpi.needs_mpi
 def test_ranks_start_with_the_threads_asked_for(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    code = ("from dist_nn.dist import setup; from threadpoolctl import threadpool_info; "
+    code = ("from dist_nn.distributed import setup; from threadpoolctl import threadpool_info; "
             "comm = setup('mpi'); blas = [i['num_threads'] for i in threadpool_info() "
             "if i['user_api'] == 'blas']; every = comm.allgather_obj(blas); "
             "comm.rank == 0 and print(every)")

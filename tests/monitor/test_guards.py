@@ -51,3 +51,9 @@ def test_non_finite_losses_are_left_to_the_nan_check(loss):
     guard = ExplosionGuard(3.0)
     guard.check(loss, 1, 0.1)
     assert guard.reference is None
+
+
+def test_a_saved_state_that_lies_is_refused():
+    guard = ExplosionGuard(3.0)
+    with pytest.raises(ValueError, match="explosion guard: average must be a finite number"):
+        guard.load_state_dict({"reference": 1.0, "average": "x", "count": 1, "above": 0})

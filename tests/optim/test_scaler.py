@@ -44,3 +44,15 @@ def test_unscale_twice_in_a_step_is_an_error():
     scaler.unscale([w])
     with pytest.raises(RuntimeError, match="already called this step"):
         scaler.unscale([w])
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"scale": float("nan"), "growth_tracker": 0}, "scale must be a finite number > 0"),
+    ({"scale": 0.0, "growth_tracker": 0}, "scale must be a finite number > 0"),
+    ({"scale": 2.0, "growth_tracker": "3"}, "growth_tracker must be a count"),
+])
+def test_a_saved_state_that_lies_is_refused(state, message):
+    scaler = optim.LossScaler()
+    with pytest.raises(ValueError, match=f"loss scaler: {message}"):
+        scaler.load_state_dict(state)
+    assert scaler.state_dict() == {"scale": 2.0**16, "growth_tracker": 0}

@@ -85,3 +85,15 @@ def test_bad_arguments():
         optim.PlateauDecay(sgd(), mode="up")
     with pytest.raises(ValueError, match="PlateauDecay"):
         optim.Warmup(sgd(), steps=3, after=optim.PlateauDecay(sgd()))
+
+
+def test_a_saved_state_that_lies_is_refused():
+    schedule = optim.CosineDecay(sgd(), total=10)
+    with pytest.raises(ValueError, match="schedule CosineDecay: t must be a count, got '5'"):
+        schedule.load_state_dict({"t": "5", "base": 0.1})
+    plateau = optim.PlateauDecay(sgd())
+    fresh = plateau.state_dict()
+    assert fresh["best"] == float("inf")  # no metric seen yet: still a valid state
+    plateau.load_state_dict(fresh)
+    with pytest.raises(ValueError, match="best must be a number or"):
+        plateau.load_state_dict({**fresh, "best": float("nan")})

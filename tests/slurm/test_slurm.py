@@ -54,7 +54,7 @@ def test_a_two_task_job_trains_and_checkpoints(cluster, tmp_path):
     val = [r for r in read_records(tmp_path / "run") if r["split"] == "val"]
     assert len(val) == 2 and val[-1]["accuracy"] > 0.8
     model, _, meta = final(tmp_path / "run")
-    assert meta["step"] == 44 and meta["world_size"] == 2 and "1.weight" in model
+    assert meta["trainer"]["position"]["step"] == 44 and meta["world_size"] == 2 and "1.weight" in model
 
 
 def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path):
@@ -83,7 +83,7 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path):
     assert "preempted (SIGUSR1)" in output and f"requeueing job {job}" in output
     assert "resumed from" in output and "start 2 on" in output
     a, b = final(tmp_path / "straight"), final(tmp_path / "preempted")
-    assert a[2]["step"] == b[2]["step"] == 600
+    assert a[2]["trainer"]["position"]["step"] == b[2]["trainer"]["position"]["step"] == 600
     for key in a[0]:
         np.testing.assert_array_equal(a[0][key], b[0][key], err_msg=key)
 

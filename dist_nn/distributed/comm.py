@@ -1,0 +1,407 @@
+"""Communicators: one interface (`Communicator`) over a single process, MPI (mpi4py) and NCCL
+(CuPy GPUs); the watchdog (watchdog.py) wraps one with the same interface.
+
+Rank r's chunk of a vector of n values is `buf[slice(*chunk_bounds(n, size)[r])]`: chunks of
+ceil(n / size) values, the last ones shorter or empty, so that NCCL (equal counts only) needs
+at most one padding copy and MPI takes the counts as they are.
+
+Arrays may be NumPy or CuPy. MPI moves CuPy arrays through pinned host buffers unless told
+the MPI library is CUDA-aware; NCCL moves them on the GPU and uses MPI for everything else.
+"""
+import os
+import sys
+import time
+from typing import Protocol, runtime_checkable
+
+import numpy
+
+from .. import backend
+
+OPS = ("sum", "max", "min")
+ABORT_GRACE_S = 1.0
+
+
+def chunk_bounds(n, size):
+    """[(start, end)] of each rank's chunk of n values."""
+    chunk = -(-n // size)
+    return [(min(r * chunk, n), min((r + 1) * chunk, n)) for r in range(size)]
+
+
+@runtime_checkable
+class Handle(Protocol):
+    """A pending non-blocking collective."""
+
+    def wait(self):
+        """Block until it completed (on a GPU: order later work after it)."""
+
+    def test(self):
+        """True once it completed; also drives MPI's progress."""
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """What every communicator offers; the layers, GradSync, ZeRO-1 and the trainer use only
+    this. Collectives must be called by every rank, in the same order. Array arguments are
+    NumPy or CuPy vectors (`buf`), changed in place; `op` is "sum", "max" or "min"."""
+    rank: int          # this process's rank in the job
+    size: int          # the number of ranks
+    local_rank: int    # this process's rank among the ranks of its node
+    local_size: int    # the number of ranks on its node
+
+    def allreduce(self, buf, op="sum"):
+        """buf = the reduction of every rank's buf (blocking)."""
+
+    def iallreduce(self, buf) -> Handle:
+        """Start buf = the sum of every rank's buf; complete it with handle.wait()."""
+
+    def reduce_scatter(self, buf, out):
+        """out = the sum over ranks of this rank's chunk of buf (blocking)."""
+
+    def ireduce_scatter(self, buf, out) -> Handle:
+        """reduce_scatter, non-blocking."""
+
+    def allgather(self, chunk, buf):
+        """Every rank's chunk into its place in buf (blocking)."""
+
+    def iallgather(self, chunk, buf) -> Handle:
+        """allgather, non-blocking."""
+
+    def bcast(self, buf, root=0):
+        """buf = root's buf."""
+
+    def allreduce_obj(self, value, op="sum"):
+        """The reduction of a small Python value over all ranks."""
+
+    def bcast_obj(self, value, root=0):
+        """Root's small Python value, on every rank."""
+
+    def allgather_obj(self, value):
+        """[every rank's value], in rank order."""
+
+    def barrier(self):
+        """Return once every rank has arrived."""
+
+    def abort(self, code=1):
+        """End the whole job with `code`, from any thread (never returns)."""
+
+
+class Done:
+    """The handle of an operation that has already completed."""
+
+    def wait(self):
+        pass
+
+    def test(self):
+        return True
+
+
+class LocalCommunicator:
+    """One process: every collective is the identity. Needs no MPI."""
+    rank, size, local_rank, local_size = 0, 1, 0, 1
+
+    def allreduce(self, buf, op="sum"):
+        _check_op(op)
+
+    def iallreduce(self, buf):
+        return Done()
+
+    def reduce_scatter(self, buf, out):
+        out[...] = buf
+
+    def ireduce_scatter(self, buf, out):
+        self.reduce_scatter(buf, out)
+        return Done()
+
+    def allgather(self, chunk, buf):
+        buf[...] = chunk
+
+    def iallgather(self, chunk, buf):
+        self.allgather(chunk, buf)
+        return Done()
+
+    def bcast(self, buf, root=0):
+        pass
+
+    def allreduce_obj(self, value, op="sum"):
+        _check_op(op)
+        return value
+
+    def bcast_obj(self, value, root=0):
+        return value
+
+    def allgather_obj(self, value):
+        return [value]
+
+    def barrier(self):
+        pass
+
+    def abort(self, code=1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # also from a background thread, which sys.exit would not end
+
+
+class _MPIRequest:
+    """A pending non-blocking collective; with host staging, wait() also copies the result
+    back to the device."""
+
+    def __init__(self, request, device_buf=None, host_buf=None):
+        self.request, self.device_buf, self.host_buf = request, device_buf, host_buf
+
+    def test(self):
+        return self.request.Test()  # also drives MPI's progress engine
+
+    def wait(self):
+        self.request.Wait()
+        if self.device_buf is not None:
+            self.device_buf.set(self.host_buf)
+            self.device_buf = None
+
+
+class MPICommunicator:
+    """MPI through mpi4py. The local rank and size come from a shared-memory split of the
+    communicator (the ranks on this node), not from launcher-specific variables."""
+
+    def __init__(self, comm=None, cuda_aware=False):
+        from mpi4py import MPI
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self.cuda_aware = cuda_aware
+        self._pinned = {}  # (slot, size, dtype) -> pinned host staging buffer
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+
+    def _staged(self, buf, copy=True, slot=""):
+        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI). Buffers
+        in use at the same time take different `slot`s: a pending operation's include the
+        device address, so that two in flight never share one."""
+        if self.cuda_aware or isinstance(buf, numpy.ndarray):
+            return None
+        key = (slot, buf.size, buf.dtype.str)
+        if key not in self._pinned:
+            import cupyx
+            self._pinned[key] = cupyx.empty_pinned(buf.size, dtype=buf.dtype)
+        host = self._pinned[key].reshape(buf.shape)
+        if copy:
+            buf.get(out=host)
+        return host
+
+    def allreduce(self, buf, op="sum"):
+        _check_op(op)
+        host = self._staged(buf)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf if host is None else host, op=self._ops[op])
+        if host is not None:
+            buf.set(host)
+
+    def iallreduce(self, buf):
+        host = self._staged(buf, slot=_address(buf))
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf if host is None else host,
+                                       op=self.MPI.SUM)
+        return _MPIRequest(request, None if host is None else buf, host)
+
+    def _counts(self, n):
+        return [end - start for start, end in chunk_bounds(n, self.size)]
+
+    def _reduce_scatter(self, buf, out, pending):
+        slot = _address(buf) if pending else ""
+        host_in, host_out = self._staged(buf, slot=slot), \
+            self._staged(out, copy=False, slot=(slot, "out"))
+        request = self.comm.Ireduce_scatter(buf if host_in is None else host_in,
+                                            out if host_out is None else host_out,
+                                            self._counts(buf.size), op=self.MPI.SUM)
+        return _MPIRequest(request, None if host_out is None else out, host_out)
+
+    def ireduce_scatter(self, buf, out):
+        return self._reduce_scatter(buf, out, pending=True)
+
+    def reduce_scatter(self, buf, out):
+        self._reduce_scatter(buf, out, pending=False).wait()
+
+    def _allgather(self, chunk, buf, pending):
+        slot = _address(buf) if pending else ""
+        host_in, host_out = self._staged(chunk, slot=(slot, "in")), \
+            self._staged(buf, copy=False, slot=slot)
+        counts = self._counts(buf.size)
+        request = self.comm.Iallgatherv(chunk if host_in is None else host_in,
+                                        [buf if host_out is None else host_out, counts])
+        return _MPIRequest(request, None if host_out is None else buf, host_out)
+
+    def iallgather(self, chunk, buf):
+        return self._allgather(chunk, buf, pending=True)
+
+    def allgather(self, chunk, buf):
+        self._allgather(chunk, buf, pending=False).wait()
+
+    def bcast(self, buf, root=0):
+        host = self._staged(buf)
+        self.comm.Bcast(buf if host is None else host, root=root)
+        if host is not None:
+            buf.set(host)
+
+    def allreduce_obj(self, value, op="sum"):
+        _check_op(op)
+        return self.comm.allreduce(value, op=self._ops[op])
+
+    def bcast_obj(self, value, root=0):
+        return self.comm.bcast(value, root=root)
+
+    def allgather_obj(self, value):
+        return self.comm.allgather(value)
+
+    def barrier(self):
+        self.comm.Barrier()
+
+    def abort(self, code=1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # MPI_Abort takes every process down at once, and the launcher may drop output still
+        # on its way (seen with MPICH's hydra): give the message a moment to get out first
+        time.sleep(ABORT_GRACE_S)
+        self.comm.Abort(code)
+
+
+class _NCCLRequest:
+    """A pending NCCL allreduce on the communication stream."""
+
+    def __init__(self, event):
+        self.event = event
+
+    def test(self):
+        return self.event.done
+
+    def wait(self):
+        # later work on the compute stream waits for the allreduce; the host does not block
+        backend.cupy.cuda.get_current_stream().wait_event(self.event)
+
+
+class NCCLCommunicator(MPICommunicator):
+    """NCCL for CuPy arrays (allreduce, reduce-scatter, allgather, bcast); MPI for objects,
+    host arrays, barrier and abort. One GPU per rank: NCCL refuses two ranks on one GPU.
+    Non-blocking collectives run on their own stream, ordered after the work queued before
+    them. NCCL moves equal chunks only: a vector whose length the world size does not
+    divide goes through a zero-padded copy (chunk_bounds puts the padding at the end)."""
+
+    def __init__(self, comm=None):
+        super().__init__(comm)
+        from cupy.cuda import nccl
+        self.nccl = nccl
+        uid = self.bcast_obj(nccl.get_unique_id() if self.rank == 0 else None)
+        self.nccl_comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        self.stream = backend.cupy.cuda.Stream(non_blocking=True)
+        self._types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32,
+                       numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64,
+                       numpy.dtype(numpy.int64): nccl.NCCL_INT64}
+        self._nccl_ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
+
+    def _is_device(self, buf):
+        return not isinstance(buf, numpy.ndarray)
+
+    def allreduce(self, buf, op="sum"):
+        if not self._is_device(buf):
+            return super().allreduce(buf, op)
+        _check_op(op)
+        stream = backend.cupy.cuda.get_current_stream()
+        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
+                                 self._nccl_ops[op], stream.ptr)
+
+    def iallreduce(self, buf):
+        if not self._is_device(buf):
+            return super().iallreduce(buf)
+        cupy = backend.cupy
+        self.stream.wait_event(cupy.cuda.get_current_stream().record())
+        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
+                                 self.nccl.NCCL_SUM, self.stream.ptr)
+        return _NCCLRequest(self.stream.record())
+
+    def _reduce_scatter_on(self, stream, buf, out):
+        cupy = backend.cupy
+        chunk = -(-buf.size // self.size)
+        with stream:
+            send = buf if buf.size == chunk * self.size else \
+                cupy.concatenate([buf, cupy.zeros(chunk * self.size - buf.size, buf.dtype)])
+            recv = out if out.size == chunk else cupy.empty(chunk, out.dtype)
+            self.nccl_comm.reduceScatter(send.data.ptr, recv.data.ptr, chunk,
+                                         self._types[buf.dtype], self.nccl.NCCL_SUM,
+                                         stream.ptr)
+            if recv is not out:
+                out[...] = recv[:out.size]
+
+    def _allgather_on(self, stream, chunk, buf):
+        cupy = backend.cupy
+        count = -(-buf.size // self.size)
+        with stream:
+            send = chunk if chunk.size == count else \
+                cupy.concatenate([chunk, cupy.zeros(count - chunk.size, chunk.dtype)])
+            recv = buf if buf.size == count * self.size else \
+                cupy.empty(count * self.size, buf.dtype)
+            self.nccl_comm.allGather(send.data.ptr, recv.data.ptr, count,
+                                     self._types[buf.dtype], stream.ptr)
+            if recv is not buf:
+                buf[...] = recv[:buf.size]
+
+    def _on_comm_stream(self, collective, *buffers):
+        """Run a collective on the communication stream after the work queued so far."""
+        cupy = backend.cupy
+        self.stream.wait_event(cupy.cuda.get_current_stream().record())
+        collective(self.stream, *buffers)
+        return _NCCLRequest(self.stream.record())
+
+    def reduce_scatter(self, buf, out):
+        if not self._is_device(buf):
+            return super().reduce_scatter(buf, out)
+        self._reduce_scatter_on(backend.cupy.cuda.get_current_stream(), buf, out)
+
+    def ireduce_scatter(self, buf, out):
+        if not self._is_device(buf):
+            return super().ireduce_scatter(buf, out)
+        return self._on_comm_stream(self._reduce_scatter_on, buf, out)
+
+    def allgather(self, chunk, buf):
+        if not self._is_device(buf):
+            return super().allgather(chunk, buf)
+        self._allgather_on(backend.cupy.cuda.get_current_stream(), chunk, buf)
+
+    def iallgather(self, chunk, buf):
+        if not self._is_device(buf):
+            return super().iallgather(chunk, buf)
+        return self._on_comm_stream(self._allgather_on, chunk, buf)
+
+    def bcast(self, buf, root=0):
+        if not self._is_device(buf):
+            return super().bcast(buf, root)
+        stream = backend.cupy.cuda.get_current_stream()
+        self.nccl_comm.bcast(buf.data.ptr, buf.size, self._types[buf.dtype], root, stream.ptr)
+
+
+def _address(buf):
+    """The device address of a CuPy array (None for host arrays)."""
+    return None if isinstance(buf, numpy.ndarray) else buf.data.ptr
+
+
+def _check_op(op):
+    if op not in OPS:
+        raise ValueError(f"reduction op must be one of {OPS}, got {op!r}")
+
+
+KINDS = ("auto", "local", "mpi", "nccl")
+
+
+def communicator(kind="auto", cuda_aware=False):
+    """The communicator of this process. "auto": MPI when launched with more than one rank
+    (mpi4py importable), else the single-process one; "nccl" needs CuPy and a GPU per rank."""
+    if kind not in KINDS:
+        raise ValueError(f"communicator must be one of {KINDS}, got {kind!r}")
+    if kind == "local":
+        return LocalCommunicator()
+    if kind == "auto":
+        try:
+            comm = MPICommunicator(cuda_aware=cuda_aware)
+        except (ImportError, RuntimeError):  # no mpi4py, or no MPI library for it to load
+            return LocalCommunicator()
+        return comm if comm.size > 1 else LocalCommunicator()
+    if kind == "nccl":
+        return NCCLCommunicator()
+    return MPICommunicator(cuda_aware=cuda_aware)

@@ -1,0 +1,30 @@
+"""Running test programs under a real `mpiexec` (see launch/mpirun.py)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import mpirun
+
+PROGRAMS = Path(__file__).parent / "programs"
+ROOT = Path(__file__).resolve().parents[2]
+
+needs_mpi = pytest.mark.skipif(mpirun.mpiexec_path() is None,
+                               reason="no mpiexec (pip install mpich)")
+
+
+def launch(ranks, program, *args, timeout=240):
+    """Run tests/distributed/programs/<program>.py on `ranks` ranks; the CompletedProcess."""
+    argv = [sys.executable, str(PROGRAMS / f"{program}.py"), *map(str, args)]
+    return mpirun.run(ranks, argv, env={"PYTHONPATH": str(ROOT)}, capture_output=True,
+                      text=True, timeout=timeout, cwd=ROOT)
+
+
+def run_json(ranks, program, tmp_path, *args, timeout=240):
+    """Launch a program that writes its results as JSON to the path given as its first
+    argument; fail with its output if it does not exit cleanly."""
+    out = tmp_path / f"{program}-{ranks}.json"
+    done = launch(ranks, program, out, *args, timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return json.loads(out.read_text())
