@@ -30,8 +30,8 @@ def ok(done):
 
 
 def readme_files():
-    """{file name: text} of the README's python blocks that start with `# NAME.py`."""
-    readme = (ROOT / "README.md").read_text()
+    """{file name: text} of docs/training.md's python blocks that start with `# NAME.py`."""
+    readme = (ROOT / "docs" / "training.md").read_text()
     blocks = re.findall(r"```python\n# (\w+\.py)[^\n]*\n(.*?)```", readme, re.S)
     return {name: text for name, text in blocks}
 
