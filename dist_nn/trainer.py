@@ -117,9 +117,22 @@ class Trainer:
         self.early_stopping = Watch(c.train.early_stopping_metric,
                                     c.train.early_stopping_min_delta)
         self.stopped_early = False
-        self.log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
-            self.config.log.tensorboard], warn=self.say) if self.comm.rank == 0 else None
+        self.log = self.open_metrics_log()
         self.started = time.perf_counter()
+
+    def open_metrics_log(self):
+        """Rank 0's metrics log (None on the other ranks); log.tensorboard = "on" without the
+        tensorboard package is a ConfigError on every rank."""
+        log, error = None, None
+        if self.comm.rank == 0:
+            try:
+                log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
+                    self.config.log.tensorboard], warn=self.say)
+            except ImportError as failure:
+                error = f"log.tensorboard = \"on\" needs the tensorboard package ({failure}): " \
+                    "pip install tensorboard, or set log.tensorboard = \"auto\""
+        distributed.raise_together(self.comm, error, configuration.ConfigError)
+        return log
 
     def build_data(self):
         c, comm = self.config, self.comm

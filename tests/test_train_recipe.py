@@ -78,20 +78,26 @@ def test_sharded_cli_run_with_fp16_and_ema_finishes(tmp_path):
     assert final[2]["trainer"]["recipe"]["scaler"]["scale"] > 0 and final[1]["step"] > 0
 
 
-def test_bf16_without_ml_dtypes_is_a_configuration_error(tmp_path):
-    """A module `ml_dtypes` that cannot be imported (placed first on the path): exit 2 with
-    one message, nothing trained."""
+@pytest.mark.parametrize("missing, argument, message", [
+    ("ml_dtypes", "train.amp=bf16", "error: train.amp = 'bf16': bf16 needs the ml_dtypes package"),
+    ("tensorboard", "log.tensorboard=on",
+     "error: log.tensorboard = \"on\" needs the tensorboard package"),
+])
+def test_an_optional_package_asked_for_but_missing_is_a_configuration_error(
+        tmp_path, missing, argument, message):
+    """A package that cannot be imported (a module of its name placed first on the path):
+    exit 2 with one message, no traceback, nothing trained."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "ml_dtypes.py").write_text("raise ImportError('ml_dtypes is blocked here')\n")
+    (blocker / f"{missing}.py").write_text(f"raise ImportError('{missing} is blocked here')\n")
     import subprocess
     import sys
-    done = subprocess.run([sys.executable, "-m", "dist_nn.train", "train.amp=bf16",
-                           f"log.run_dir={tmp_path / 'run'}", *SMALL],
+    done = subprocess.run([sys.executable, "-m", "dist_nn.train", *SMALL, argument,
+                           f"log.run_dir={tmp_path / 'run'}"],
                           env={"PYTHONPATH": f"{blocker}:{ROOT}", "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2, done.stderr
-    assert "error: train.amp = 'bf16': bf16 needs the ml_dtypes package" in done.stderr
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
     assert not list((tmp_path / "run").rglob("*.h5"))
 
 

@@ -1,6 +1,6 @@
 """Writing the HDF5 data layout, validated as it is written.
 
-Layout (DESIGN §3), in one file or in shard files `name-00000-of-00008.h5` that each hold a
+Layout (docs/design.md §3.4), in one file or in shard files `name-00000-of-00008.h5` that each hold a
 contiguous share of every split:
 
     /train/x  (N, C, H, W) uint8 or float32, chunked along N     /train/y  (N,) int64

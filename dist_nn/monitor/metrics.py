@@ -1,4 +1,4 @@
-"""The metrics log of a run: metrics.jsonl (the contract, DESIGN §3), metrics.csv for
+"""The metrics log of a run: metrics.jsonl (the contract, docs/design.md §3.8), metrics.csv for
 spreadsheets, and TensorBoard event files when the tensorboard package is there."""
 import csv
 import errno

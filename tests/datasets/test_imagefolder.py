@@ -1,7 +1,8 @@
-
+"""The image-folder converter (datasets/imagefolder.py), on real PNG and BMP files."""
 import numpy
 import pytest
-from PIL import Image
+
+Image = pytest.importorskip("PIL.Image", reason="the convert extra's Pillow is not installed")
 
 from datasets import imagefolder
 from tests.datasets.readback import assert_holds, read_back

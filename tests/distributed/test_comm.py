@@ -1,9 +1,29 @@
-"""Communicators: MPI under a real mpiexec, and the single-process one."""
+"""Communicators: one documented interface; MPI under a real mpiexec, and the single-process
+one."""
+import inspect
+
 import numpy as np
 import pytest
 
-from dist_nn.distributed import LocalCommunicator, chunk_bounds, communicator
+from dist_nn.distributed import (Communicator, LocalCommunicator, MPICommunicator,
+                                 NCCLCommunicator, Watchdog, chunk_bounds, communicator)
 from tests.distributed.conftest import WORLD_SIZES
+
+METHODS = [name for name, member in vars(Communicator).items()
+           if callable(member) and not name.startswith("_")]
+
+
+@pytest.mark.parametrize("kind", [LocalCommunicator, MPICommunicator, NCCLCommunicator,
+                                  Watchdog], ids=lambda kind: kind.__name__)
+def test_every_communicator_offers_the_protocol_with_its_signatures(kind):
+    assert len(METHODS) == 12
+    for name in METHODS:
+        expected = inspect.signature(getattr(Communicator, name)).parameters
+        offered = inspect.signature(getattr(kind, name)).parameters
+        assert list(offered) == list(expected), f"{kind.__name__}.{name}{tuple(offered)}"
+        assert [p.default for p in offered.values()] == \
+            [p.default for p in expected.values()], f"{kind.__name__}.{name}: defaults"
+    assert isinstance(LocalCommunicator(), Communicator)
 
 
 @pytest.mark.parametrize("n", WORLD_SIZES)
@@ -31,6 +51,7 @@ def test_mpi_operations(collectives, n):
     assert ops["allgather_obj"] == [r * r for r in range(n)]
     # one node: local ranks from the shared-memory split
     assert ops["local"] == [[r, n] for r in range(n)]
+    assert ops["protocol"]  # rank, size, local_rank, local_size and every method
 
 
 def test_local_communicator_is_the_identity():

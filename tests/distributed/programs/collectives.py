@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dist_nn import backend, models, nn, optim
-from dist_nn.distributed import (GradSync, Totals, broadcast_state, chunk_bounds,
-                                 communicator, fingerprint)
+from dist_nn.distributed import (Communicator, GradSync, Totals, broadcast_state,
+                                 chunk_bounds, communicator, fingerprint)
 
 
 def communicator_ops(comm):
@@ -44,7 +44,8 @@ def communicator_ops(comm):
             "reduce_scatter": scattered, "allgather": comm.allgather_obj(gathered),
             "bcast": root_value.tolist(), "allreduce_obj": comm.allreduce_obj(r),
             "bcast_obj": comm.bcast_obj({"from": r}), "allgather_obj": comm.allgather_obj(r * r),
-            "local": comm.allgather_obj((comm.local_rank, comm.local_size))}
+            "local": comm.allgather_obj((comm.local_rank, comm.local_size)),
+            "protocol": isinstance(comm, Communicator)}
 
 
 def startup(comm):
