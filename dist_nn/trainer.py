@@ -67,7 +67,8 @@ class Trainer:
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
         self.metrics, self.log, self.run_lock = {}, None, None
-        self.saved = {"step": None, "path": None, "error": None}  # the newest on disk (rank 0)
+        # rank 0: the newest checkpoint on disk (its step and path) and the last write error
+        self.on_disk = {"step": None, "path": None, "error": None}
 
     # --- the run ---------------------------------------------------------------------------
     def fit(self):
@@ -220,7 +221,7 @@ class Trainer:
                 self.say("no valid checkpoint in the run directory: starting from scratch")
             else:
                 self.load_checkpoint(path)
-                self.saved.update(step=self.position.step, path=path)
+                self.on_disk.update(step=self.position.step, path=path)
                 self.say(f"resumed from {path} at epoch {self.position.epoch}, step "
                          f"{self.position.step}")
         if self.debug:
@@ -410,9 +411,9 @@ class Trainer:
         self.save()
         step = self.position.step
         received = self.preemption.received or "signal on another rank"
-        written = f"checkpoint of step {step} written" if self.saved["step"] == step else \
+        written = f"checkpoint of step {step} written" if self.on_disk["step"] == step else \
             f"the checkpoint of step {step} could not be written, the newest on disk is " \
-            f"{self.saved['path']}"
+            f"{self.on_disk['path']}"
         self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
                  f"{written}; exiting with {code}"
                  + (" for the job script to requeue" if code == EXIT_PREEMPTED else ""),
@@ -490,24 +491,24 @@ class Trainer:
             if name is None:
                 path = checkpoint.save_step(self.run_lock.checkpoints, step, *content,
                                             self.config.checkpoint.keep, ema)
-                self.saved.update(step=step, path=str(path), error=None)
+                self.on_disk.update(step=step, path=str(path), error=None)
             else:
                 checkpoint.write(self.run_lock.checkpoints / name, *content, ema)
         except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
-            self.saved["error"] = str(error)
+            self.on_disk["error"] = str(error)
             self.say(f"warning: could not write the checkpoint of step {step} "
                      f"({error}); the previous checkpoints are intact", flush=True)
 
     def missing_final_checkpoint(self):
         """Why the last step has no checkpoint on disk (rank 0's verdict, on every rank), or
         None when it has one."""
-        saved = self.comm.bcast_obj(self.saved if self.comm.rank == 0 else None)
-        if saved["step"] == self.position.step:
+        on_disk = self.comm.bcast_obj(self.on_disk if self.comm.rank == 0 else None)
+        if on_disk["step"] == self.position.step:
             return None
-        newest = f"the newest on disk is {saved['path']}" if saved["path"] else \
+        newest = f"the newest on disk is {on_disk['path']}" if on_disk["path"] else \
             "no checkpoint of this run is on disk"
         return (f"the final checkpoint (step {self.position.step}) could not be written "
-                f"({saved['error']}); {newest}")
+                f"({on_disk['error']}); {newest}")
 
     def finish(self):
         """The final checkpoint (when the last step has none on disk yet: a step budget that

@@ -115,8 +115,8 @@ def test_bad_files(tmp_path):
 
 def test_without_a_val_split_training_metrics_are_watched_with_one_notice():
     c = config.load(None, ["schedule.name=plateau", "data.path=mine.h5"])
-    assert config.fall_back_to_train_metrics(c, has_val=True) is None and c.checkpoint.best_metric == \
-        "val_accuracy"
+    assert config.fall_back_to_train_metrics(c, has_val=True) is None
+    assert c.checkpoint.best_metric == "val_accuracy"
     notice = config.fall_back_to_train_metrics(c, has_val=False)
     assert notice == ("notice: mine.h5 has no /val split: watching training metrics instead "
                       "(checkpoint.best_metric = train_accuracy, train.early_stopping_metric = "
@@ -171,7 +171,8 @@ def test_the_config_command_refuses_exactly_what_training_refuses(argv, message,
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         said[command] = done.stderr.strip()
     assert said["dist_nn.config"] == said["dist_nn.train"]
-    assert said["dist_nn.train"].startswith(f"error: {message}") and "\n" not in said["dist_nn.train"]
+    assert said["dist_nn.train"].startswith(f"error: {message}")
+    assert "\n" not in said["dist_nn.train"]
     assert not (tmp_path / "runs").exists()
 
 

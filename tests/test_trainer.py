@@ -1,6 +1,6 @@
-"""dist_nn.Trainer and users' own models: the user workflow of docs/training.md run from a directory
-outside the repository, builder errors, a model object, fine-tuning and spikes past the
-guards. Distributed runs start a real mpiexec (2 ranks)."""
+"""dist_nn.Trainer and users' own models: the user workflow of docs/training.md run from a
+directory outside the repository, builder errors, a model object, fine-tuning and spikes past
+the guards. Distributed runs start a real mpiexec (2 ranks)."""
 import re
 import sys
 from pathlib import Path

@@ -47,7 +47,8 @@ def _typed(section, key, value, spec):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
     elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         value = float(value)
     elif kind is list:
@@ -171,7 +172,8 @@ def _nesterov_needs_momentum(c, resume):
 def _nccl_needs_a_gpu(c, resume):
     """`train.comm = "nccl"` needs `train.device` "gpu" or "auto" (NCCL moves device arrays)."""
     if c.train.comm == "nccl" and c.train.device == "cpu":
-        return "train.comm = \"nccl\" needs GPUs: set train.device = \"gpu\" or use train.comm = \"mpi\""
+        return ("train.comm = \"nccl\" needs GPUs: set train.device = \"gpu\" or use "
+                "train.comm = \"mpi\"")
 
 
 @rule

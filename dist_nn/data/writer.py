@@ -1,7 +1,7 @@
 """Writing the HDF5 data layout, validated as it is written.
 
-Layout (docs/design.md §3.4), in one file or in shard files `name-00000-of-00008.h5` that each hold a
-contiguous share of every split:
+Layout (docs/design.md §3.4), in one file or in shard files `name-00000-of-00008.h5` that
+each hold a contiguous share of every split:
 
     /train/x  (N, C, H, W) uint8 or float32, chunked along N     /train/y  (N,) int64
     /val/x, /val/y                                                (optional)

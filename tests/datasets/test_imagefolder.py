@@ -4,8 +4,8 @@ import pytest
 
 Image = pytest.importorskip("PIL.Image", reason="the convert extra's Pillow is not installed")
 
-from datasets import imagefolder
-from tests.datasets.readback import assert_holds, read_back
+from datasets import imagefolder  # noqa: E402  (it imports Pillow)
+from tests.datasets.readback import assert_holds, read_back  # noqa: E402
 
 CLASSES = {"cat": 3, "dog": 2, "emu": 4}  # images per class
 HEIGHT, WIDTH = 6, 5  # not square, so that a swapped H and W shows

@@ -12,7 +12,6 @@ of the gradient only, under fp16 loss scaling.
 """
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 
