@@ -97,8 +97,8 @@ def make_schedules(schedule_config, opt, steps_per_epoch, total_steps):
     steps = lambda epochs: max(1, round(epochs * steps_per_epoch))  # noqa: E731
     per_step = []
     if c.name == "plateau":  # config.validate refused a warmup with it
-        plateau = optim.PlateauDecay(opt, mode="min" if c.plateau_metric.endswith("loss") else
-                                     "max", factor=c.plateau_factor,
+        mode = "min" if configuration.lower_is_better(c.plateau_metric) else "max"
+        plateau = optim.PlateauDecay(opt, mode=mode, factor=c.plateau_factor,
                                      patience=c.plateau_patience, min_lr=c.min_lr)
     else:
         plateau = None

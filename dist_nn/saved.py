@@ -2,7 +2,7 @@
 checkpoint (schedules, guards, the loss scaler, the trainer's position and watches) loads what
 it saved through `checked`, because a file can lie even under a valid checksum. A part's
 `load_state_dict` raises ValueError naming the part and the entry; the trainer turns it into
-"cannot resume from FILE: ..." (docs/design.md, "Checkpoints")."""
+"cannot resume from FILE: ..." (docs/design.md §3.5)."""
 import math
 
 

@@ -24,7 +24,7 @@ from .monitor import MetricsLog, Progress, plot_run, plural
 from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              gradient_check_report, initial_loss_warning, nonfinite_report,
                              write_debug_report)
-from .run_state import EpochTotals, Position, StepTotals, Watch
+from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 from .signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, PreemptionSignal
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
@@ -66,7 +66,7 @@ class Trainer:
         self.comm = comm or distributed.setup(config.train.comm, config.train.device,
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
-        self.metrics, self.log, self.run_lock = {}, None, None
+        self.metrics, self.log, self.run_dir = {}, None, None
         # rank 0: the newest checkpoint on disk (its step and path) and the last write error
         self.on_disk = {"step": None, "path": None, "error": None}
 
@@ -78,24 +78,28 @@ class Trainer:
         that failed on this rank only), TrainingStopped (a guard), StoppedBySignal (a signal,
         after a checkpoint) or FinalCheckpointLost (finished, but the final checkpoint is not
         on disk)."""
-        self.build()
-        self.restore()
         try:
+            self.build()
+            self.restore()
             while not self.done():
                 self.train_epoch()
             self.finish()
-        finally:
+        finally:  # also after an error: the directory is free for the next run at once
             if self.log is not None:
                 self.log.close()
-            if self.run_lock is not None:
-                self.run_lock.release()
-        return {"run_dir": str(self.run_dir), "step": self.position.step,
+            if self.run_dir is not None:
+                self.run_dir.release()
+        return {"run_dir": str(self.run_dir.path), "step": self.position.step,
                 "epoch": self.position.epoch, **self.metrics}
 
     def done(self):
-        """True once the loop is over: its epochs, its step budget, or early stopping."""
-        return self.position.epoch >= self.config.train.epochs or self.out_of_steps() or \
-            self.stopped_early
+        """True once the loop is over: its epochs, its step budget, early stopping (counted
+        in the saved state: a resumed run that had stopped stays stopped), or an overfit
+        reached."""
+        c = self.config.train
+        patience = c.early_stopping_patience
+        return self.position.epoch >= c.epochs or self.out_of_steps() or self.overfitted or \
+            bool(patience) and self.early_stopping.stale >= patience
 
     def out_of_steps(self):
         return bool(self.config.train.max_steps) and \
@@ -105,9 +109,8 @@ class Trainer:
     def build(self):
         backend.use(dtype=self.config.train.dtype)
         configuration.check_world_size(self.config, self.comm.size)
-        self.run_lock = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)
-        self.run_dir = self.run_lock.path
-        self.say(f"run directory: {self.run_dir}")
+        self.run_dir = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)
+        self.say(f"run directory: {self.run_dir.path}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
         self.build_data()
         self.build_model()
@@ -117,7 +120,8 @@ class Trainer:
         self.best = Watch(c.checkpoint.best_metric)  # for best.h5
         self.early_stopping = Watch(c.train.early_stopping_metric,
                                     c.train.early_stopping_min_delta)
-        self.stopped_early = False
+        self.epoch_totals = RunningTotals()  # saved: a resumed epoch is reported whole
+        self.overfitted = False
         self.log = self.open_metrics_log()
         self.started = time.perf_counter()
 
@@ -127,7 +131,7 @@ class Trainer:
         log, error = None, None
         if self.comm.rank == 0:
             try:
-                log = MetricsLog(self.run_dir, {"auto": "auto", "on": True, "off": False}[
+                log = MetricsLog(self.run_dir.path, {"auto": "auto", "on": True, "off": False}[
                     self.config.log.tensorboard], warn=self.say)
             except ImportError as failure:
                 error = f"log.tensorboard = \"on\" needs the tensorboard package ({failure}): " \
@@ -238,7 +242,7 @@ class Trainer:
         chosen = None
         if self.comm.rank == 0:
             if self.resume == "auto":
-                found = checkpoint.newest_valid(self.run_lock.checkpoints, warn=self.say)
+                found = checkpoint.newest_valid(self.run_dir.checkpoints, warn=self.say)
                 chosen = str(found[0]) if found else None
             else:
                 chosen = str(self.resume)
@@ -269,6 +273,7 @@ class Trainer:
         state_dict() under its name, JSON-able (a checkpoint's meta "trainer")."""
         return {"position": self.position.state_dict(), "best": self.best.state_dict(),
                 "early_stopping": self.early_stopping.state_dict(),
+                "epoch_totals": self.epoch_totals.state_dict(),
                 "schedules": [schedule.state_dict() for schedule in self.schedules],
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "guard": self.guard.state_dict(), "recipe": self.recipe.state_dict()}
@@ -277,7 +282,8 @@ class Trainer:
         """Load a state_dict() (and the EMA's averaged weights), each part checking what it
         is given; ValueError when the state is malformed or lies beyond this run's end."""
         state = saved.checked(state, "trainer", position=saved.OBJECT, best=saved.OBJECT,
-                              early_stopping=saved.OBJECT, schedules=saved.OBJECTS,
+                              early_stopping=saved.OBJECT, epoch_totals=saved.OBJECT,
+                              schedules=saved.OBJECTS,
                               plateau=saved.OBJECT_OR_NONE, guard=saved.OBJECT,
                               recipe=saved.OBJECT)
         position, end = self.position, self.config.train
@@ -289,6 +295,7 @@ class Trainer:
                              "continue it, or start a new run")
         self.best.load_state_dict(state["best"], "best")
         self.early_stopping.load_state_dict(state["early_stopping"], "early_stopping")
+        self.epoch_totals.load_state_dict(state["epoch_totals"])
         for schedule, schedule_state in zip(self.schedules, state["schedules"]):
             schedule.load_state_dict(schedule_state)
         if self.plateau is not None and state["plateau"]:
@@ -300,10 +307,7 @@ class Trainer:
     def train_epoch(self):
         """Train the rest of the current epoch (or up to the step budget), then validate,
         checkpoint and decide on early stopping."""
-        self.timing = dict.fromkeys(("data_wait", "compute", "allreduce_wait", "optimizer"),
-                                    0.0)
-        self.epoch_totals, self.window_totals = EpochTotals(), EpochTotals()
-        self.window_start = time.perf_counter()
+        self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
         position = self.position
         self.progress = Progress(self.steps_per_epoch, position.epoch,
                                  enabled=self.comm.rank == 0,
@@ -314,15 +318,13 @@ class Trainer:
         self.progress.close()
         if position.steps_in_epoch < self.steps_per_epoch:  # the step budget ran out
             if self.val_loader:
-                seen = self.validate()
-                self.say(f"step {position.step} (train.max_steps): val loss "
-                         f"{seen['loss']:.4f} accuracy {seen['accuracy']:.4f}", flush=True)
+                self.validate(f"step {position.step} (train.max_steps)")
             return
         self.end_epoch()
 
     def step(self, batches):
         """One optimizer step of optim.accumulate micro-batches, its checks and records."""
-        c, position, timing = self.config, self.position, self.timing
+        c, position, timing = self.config, self.position, dict.fromkeys(TIMES, 0.0)
         backend.seed(c.train.seed, self.comm.rank, position.step)  # dropout masks
         if self.statistics is not None:
             self.statistics.active = position.step % c.log.debug_every == 0
@@ -358,7 +360,7 @@ class Trainer:
         timing["optimizer"] += time.perf_counter() - tick
         position.step += 1
         position.micro_batches += self.accumulate
-        self.account(totals, grad_norm)
+        self.account(totals, grad_norm, timing)
         stop = self.preemption.exit_code((totals.preempt_votes, totals.interrupt_votes))
         if stop:  # all ranks stop after the same step
             self.stop_for_signal(stop)
@@ -384,15 +386,16 @@ class Trainer:
                 self.say(warning, flush=True)
         self.guard.check(loss, step, self.opt.lr)
 
-    def account(self, totals, grad_norm):
-        """Add a step's totals and gradient norm (None: a skipped step) to the epoch's and
-        the log window's; write the training record (and the --debug report) when due."""
-        taken = EpochTotals.of_step(totals, grad_norm)
+    def account(self, totals, grad_norm, timing):
+        """Add a step's totals, gradient norm (None: a skipped step) and time split to the
+        epoch's and the log window's; write the training record (and the --debug report)
+        when due."""
+        taken = RunningTotals.of_step(totals, grad_norm, timing)
         self.epoch_totals += taken
         self.window_totals += taken
         step = self.position.step
         if self.statistics is not None and self.statistics.active and self.comm.rank == 0:
-            write_debug_report(self.run_dir, step, self.statistics)
+            write_debug_report(self.run_dir.path, step, self.statistics)
         if step % self.config.log.every_steps == 0:
             window = self.window_totals
             values = {"loss": window.mean("loss"), "accuracy": window.mean("correct"),
@@ -403,7 +406,7 @@ class Trainer:
                         **({"loss_scale": scaler.scale, "skipped_steps": scaler.skipped}
                            if scaler else {}))
             self.progress.update(self.position.steps_in_epoch, **values, lr=self.opt.lr)
-            self.window_totals, self.window_start = EpochTotals(), time.perf_counter()
+            self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
 
     def stop_for_signal(self, code):
         """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
@@ -427,13 +430,12 @@ class Trainer:
                         "train_accuracy": totals.mean("correct")}
         self.record("train", scope="epoch", loss=self.metrics["train_loss"],
                     accuracy=self.metrics["train_accuracy"],
-                    samples_per_s=totals.samples / max(sum(self.timing.values()), 1e-9),
-                    **self.timing)
+                    samples_per_s=totals.samples / max(totals.seconds(), 1e-9),
+                    **{name: getattr(totals, name) for name in TIMES})
         if self.val_loader:
-            seen = self.validate()
-            self.say(f"epoch {self.position.epoch}: val loss {seen['loss']:.4f} "
-                     f"accuracy {seen['accuracy']:.4f}", flush=True)
+            self.validate(f"epoch {self.position.epoch}")
         self.position.next_epoch()
+        self.epoch_totals = RunningTotals()
         epochs = self.position.epoch
         if self.plateau is not None:
             self.plateau.step(self.metrics[c.schedule.plateau_metric])
@@ -445,7 +447,7 @@ class Trainer:
         if self.overfit and self.metrics.get("val_accuracy") == 1.0:
             self.say(f"overfit: 100% training accuracy on {len(self.train_split)} samples "
                      f"after {plural(epochs, 'epoch')}")
-            self.stopped_early = True
+            self.overfitted = True
         elif self.overfit and epochs >= c.train.epochs:
             raise TrainingStopped(f"could not overfit {len(self.train_split)} samples in "
                                   f"{plural(c.train.epochs, 'epoch')}: check the model and "
@@ -454,11 +456,11 @@ class Trainer:
         if patience and self.early_stopping.stale >= patience:
             self.say(f"early stopping: {c.train.early_stopping_metric} has not improved for "
                      f"{plural(patience, 'epoch')}")
-            self.stopped_early = True
 
     # --- validation, records, checkpoints ----------------------------------------------------
-    def validate(self):
-        """Evaluate the validation split on all ranks, record it and keep it in the summary."""
+    def validate(self, label):
+        """Evaluate the validation split on all ranks, record it, keep it in the summary and
+        say it after `label`."""
         tick = time.perf_counter()
         with self.recipe.evaluation_weights():  # the EMA's when train.ema_decay is set
             seen = evaluate(self.model, self.val_loader.epoch_batches(0), self.val_loss_fn,
@@ -466,7 +468,8 @@ class Trainer:
         self.record("val", loss=seen["loss"], accuracy=seen["accuracy"],
                     samples_per_s=seen["count"] / (time.perf_counter() - tick))
         self.metrics.update(val_loss=seen["loss"], val_accuracy=seen["accuracy"])
-        return seen
+        self.say(f"{label}: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}",
+                 flush=True)
 
     def record(self, split, **values):
         if self.log is not None:
@@ -489,11 +492,11 @@ class Trainer:
         content = (self.model.state_dict(), optimizer_state, meta)
         try:
             if name is None:
-                path = checkpoint.save_step(self.run_lock.checkpoints, step, *content,
+                path = checkpoint.save_step(self.run_dir.checkpoints, step, *content,
                                             self.config.checkpoint.keep, ema)
                 self.on_disk.update(step=step, path=str(path), error=None)
             else:
-                checkpoint.write(self.run_lock.checkpoints / name, *content, ema)
+                checkpoint.write(self.run_dir.checkpoints / name, *content, ema)
         except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
             self.on_disk["error"] = str(error)
             self.say(f"warning: could not write the checkpoint of step {step} "
@@ -517,16 +520,15 @@ class Trainer:
         if self.out_of_steps() and self.missing_final_checkpoint():
             self.save()
         if self.val_loader and "val_loss" not in self.metrics:
-            seen = self.validate()
-            self.say(f"final: val loss {seen['loss']:.4f} accuracy {seen['accuracy']:.4f}")
+            self.validate("final")
         missing = self.missing_final_checkpoint()
         distributed.allow_exit()  # the last collective is behind: the others may leave
         if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
             try:
-                self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir)))
+                self.say("plots: " + ", ".join(str(p) for p in plot_run(self.run_dir.path)))
             except RuntimeError as error:
                 self.say(f"warning: no plots: {error}")
         if missing:  # exit 4, never 0: 0 promises the final checkpoint is on disk
             raise FinalCheckpointLost(missing)
         self.say(f"done: {plural(self.position.step, 'step')}, "
-                 f"{plural(self.position.epoch, 'epoch')}; run directory {self.run_dir}")
+                 f"{plural(self.position.epoch, 'epoch')}; run directory {self.run_dir.path}")

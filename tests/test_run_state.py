@@ -4,7 +4,7 @@ import pytest
 
 from dist_nn import saved
 from dist_nn.distributed import LocalCommunicator
-from dist_nn.run_state import EpochTotals, Position, StepTotals, Watch
+from dist_nn.run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 
 
 def test_a_position_resumes_at_the_last_whole_step_of_another_global_batch():
@@ -49,16 +49,32 @@ def test_a_watch_keeps_the_best_and_counts_stale_epochs():
         again.load_state_dict({"value": float("nan"), "stale": 0}, "best")
 
 
-def test_step_totals_reduce_into_epoch_totals():
+def test_step_totals_reduce_into_running_totals_that_save_themselves():
     step = StepTotals(samples=4, loss=0.5, correct=3, preempt_votes=1)
     total = step.reduced(LocalCommunicator())
     assert total == step and total.preempt_votes == 1
-    epoch = EpochTotals()
-    epoch += EpochTotals.of_step(total, grad_norm=2.0)
-    epoch += EpochTotals.of_step(StepTotals(samples=4, loss=1.0, correct=1), grad_norm=None)
+    epoch = RunningTotals()
+    epoch += RunningTotals.of_step(total, 2.0, dict.fromkeys(TIMES, 0.25))
+    epoch += RunningTotals.of_step(StepTotals(samples=4, loss=1.0, correct=1), None,
+                                   dict.fromkeys(TIMES, 0.5))
     assert (epoch.mean("loss"), epoch.mean("correct")) == (0.75, 0.5)
     assert epoch.mean_grad_norm() == 2.0 and epoch.steps_taken == 1  # the skipped step: none
-    assert EpochTotals().mean_grad_norm() is None
+    assert epoch.seconds() == 3.0 and epoch.compute == 0.75
+    assert RunningTotals().mean_grad_norm() is None
+    again = RunningTotals()
+    again.load_state_dict(epoch.state_dict())
+    assert again == epoch
+    with pytest.raises(ValueError, match="epoch totals: compute must be a finite number"):
+        again.load_state_dict({**epoch.state_dict(), "compute": "1"})
+    with pytest.raises(ValueError, match="epoch totals lacks the entry 'samples'"):
+        again.load_state_dict({"loss": 1.0})
+
+
+def test_a_value_that_is_not_finite_never_improves():
+    watch = Watch("train_loss")
+    assert not watch.update({"train_loss": float("nan")})
+    assert (watch.value, watch.stale) == (None, 1)  # nothing NaN is kept (or saved)
+    assert watch.update({"train_loss": 2.0}) and watch.value == 2.0
 
 
 def test_saved_state_is_checked_entry_by_entry():

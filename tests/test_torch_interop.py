@@ -5,7 +5,7 @@ import pytest
 from dist_nn import checkpoint, config, models
 from dist_nn.build import transfer_weights
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="PyTorch is optional: pip install torch==2.13.0")
 from dist_nn import torch_interop  # noqa: E402
 
 

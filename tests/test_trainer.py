@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dist_nn import Trainer, checkpoint, nn
+from dist_nn.trainer import StoppedBySignal
 from dist_nn.config import ConfigError
 from dist_nn.distributed import LocalCommunicator
 from dist_nn.monitor import read_records
@@ -184,3 +185,43 @@ def test_sharding_combines_with_mixed_precision_and_ema(tmp_path, amp):
         for key in b:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert saved["true"][2]["trainer"]["recipe"] == saved["false"][2]["trainer"]["recipe"]
+
+
+DIGITS_MLP = ["model.name=mlp", "model.hidden=[16]", *QUIET]  # 22 steps an epoch
+
+
+def epoch_records(run_dir):
+    return [(r["epoch"], r["loss"], r["accuracy"]) for r in read_records(run_dir)
+            if r.get("scope") == "epoch"]
+
+
+def test_a_run_stopped_at_an_epoch_boundary_resumes_its_epoch_whole(tmp_path, monkeypatch):
+    """A stop signal during an epoch's last step: its checkpoint holds the epoch's totals, so
+    the resumed run reports that epoch exactly as an uninterrupted run does (not as an empty
+    epoch of NaN metrics, which early stopping and best.h5 would then have watched)."""
+    common = [*DIGITS_MLP, "train.epochs=2"]
+    Trainer(overrides=[*common, f"log.run_dir={tmp_path / 'straight'}"],
+            comm=LocalCommunicator()).fit()
+    stopped = Trainer(overrides=[*common, f"log.run_dir={tmp_path / 'stopped'}"],
+                      comm=LocalCommunicator())
+    votes = stopped.preemption.votes
+    monkeypatch.setattr(stopped.preemption, "votes",  # SIGUSR1 seen in step 22 of 22
+                        lambda: [1.0, 0.0] if stopped.position.step == 21 else votes())
+    with pytest.raises(StoppedBySignal) as stop:
+        stopped.fit()
+    assert stop.value.code == 75 and epoch_records(tmp_path / "stopped") == []
+    Trainer(overrides=[*common, f"log.run_dir={tmp_path / 'stopped'}"], resume="auto",
+            comm=LocalCommunicator()).fit()
+    assert epoch_records(tmp_path / "stopped") == epoch_records(tmp_path / "straight")
+    assert len(epoch_records(tmp_path / "straight")) == 2
+
+
+def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path):
+    """Early stopping is decided from the saved count: resuming the stopped run (`--resume
+    auto` of a requeued job) validates and trains nothing, as for a run that ran its epochs."""
+    common = [*DIGITS_MLP, "train.epochs=6", "train.early_stopping_patience=1",
+              "train.early_stopping_min_delta=100", f"log.run_dir={tmp_path / 'run'}"]
+    first = Trainer(overrides=common, comm=LocalCommunicator()).fit()
+    assert (first["epoch"], first["step"]) == (2, 44)  # epoch 1 improved on nothing
+    again = Trainer(overrides=common, resume="auto", comm=LocalCommunicator()).fit()
+    assert (again["epoch"], again["step"]) == (2, 44) and again["val_loss"] == first["val_loss"]

@@ -12,7 +12,8 @@ import sys
 from dataclasses import fields
 
 from .sections import (METRICS, MODELS, OPTIMIZERS, SCHEDULES, WITH_MOMENTUM, Augment,
-                       Checkpoint, Config, Data, Log, Model, Optim, Schedule, Train)
+                       Checkpoint, Config, Data, Log, Model, Optim, Schedule, Train,
+                       lower_is_better)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["METRICS", "MODELS", "OPTIMIZERS", "RULES", "SCHEDULES", "Augment", "Checkpoint",
            "Config", "ConfigError", "Data", "Log", "Model", "Optim", "Schedule", "Train",
            "changes", "check_world_size", "fall_back_to_train_metrics", "load", "loads",
-           "reference", "sections", "to_toml", "validate"]
+           "lower_is_better", "reference", "sections", "to_toml", "validate"]
 
 
 class ConfigError(ValueError):
@@ -135,13 +136,6 @@ def rule(check):
     page lists them)."""
     RULES.append(check)
     return check
-
-
-@rule
-def _something_to_train(c, resume):
-    """`train.epochs` or `train.max_steps` is above 0."""
-    if c.train.epochs == 0 and c.train.max_steps == 0:
-        return "nothing to train: set train.epochs or train.max_steps"
 
 
 @rule

@@ -23,6 +23,12 @@ MODELS = tuple(models.MODELS)
 OPTIMIZERS = tuple(optim.OPTIMIZERS)
 SCHEDULES = tuple(optim.SCHEDULES)
 METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+
+
+def lower_is_better(metric):
+    """True for the losses of METRICS, False for the accuracies."""
+    return metric.endswith("loss")
+
 # optimizers with a momentum (schedule.momentum_start ramps it; optim.nesterov needs it)
 WITH_MOMENTUM = tuple(name for name, kind in optim.OPTIMIZERS.items()
                       if "momentum" in kind.hyperparameters)
@@ -148,7 +154,7 @@ class Schedule:
 @dataclass
 class Train:
     epochs: int = option(20, "epochs to train (stop after epochs or max_steps)",
-                         check=NON_NEGATIVE)
+                         check=POSITIVE)
     max_steps: int = option(0, "if > 0: stop after this many optimizer steps", check=NON_NEGATIVE)
     seed: int = option(0, "one seed for initialisation, shuffling, augmentation and dropout",
                        check=NON_NEGATIVE)
@@ -184,8 +190,8 @@ class Train:
 
 @dataclass
 class Checkpoint:
-    every_steps: int = option(0, "save every this many steps (0: at the end of each epoch)",
-                              check=NON_NEGATIVE)
+    every_steps: int = option(0, "also save every this many steps, mid-epoch too (0: at the "
+                                 "end of each epoch only)", check=NON_NEGATIVE)
     keep: int = option(3, "how many of the newest checkpoints rank 0 keeps", check=POSITIVE)
     keep_best: bool = option(True, "also keep the best by best_metric as best.h5")
     best_metric: str = option("val_accuracy", "what `best` means", METRICS)

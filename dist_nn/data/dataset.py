@@ -1,6 +1,6 @@
 """Reading one split of the HDF5 layout (see writer.py) from one file or many shard files.
 
-Opening checks everything that can be checked without reading the samples (validate.py: what
+Opening checks everything that can be checked without reading the samples (checks.py: what
 each file declares, before anything is allocated), that all shards agree on sample shape,
 dtype and attributes, and that the labels lie in [0, num_classes). `check_finite(begin, end)`
 scans float samples for NaN/Inf chunk by chunk. A read that fails during the run (a chunk

@@ -1,6 +1,6 @@
 """The data-parallel runtime: communicators, gradient sync (plain and ZeRO-1), start-up
 checks, exact metric totals, and the per-process set-up that keeps a failing or vanishing
-rank from hanging the job (docs/design.md §3, "distributed")."""
+rank from hanging the job (docs/design.md §3.3)."""
 from .comm import (KINDS, Communicator, LocalCommunicator, MPICommunicator, NCCLCommunicator,
                    chunk_bounds, communicator)
 from .grad_sync import GradSync

@@ -19,7 +19,7 @@ def test_nothing_to_do():
 
 
 def test_refresh_reproduces_the_embedded_copy(tmp_path):
-    pytest.importorskip("sklearn")
+    pytest.importorskip("sklearn", reason="the dev extra's scikit-learn is not installed")
     path = digits.refresh(tmp_path / "digits.npz")
     with numpy.load(path) as fresh, numpy.load(EMBEDDED) as embedded:
         for key in ("images", "labels"):

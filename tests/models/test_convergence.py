@@ -5,7 +5,8 @@ import pytest
 
 from dist_nn import backend, models, nn, optim
 
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
+sklearn_datasets = pytest.importorskip("sklearn.datasets",
+                                       reason="the dev extra's scikit-learn is not installed")
 
 
 def split_digits(seed=0):

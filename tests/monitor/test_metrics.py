@@ -89,7 +89,7 @@ def test_a_malformed_line_before_the_last_is_an_error(tmp_path):
 
 
 def test_tensorboard_scalars_are_read_back_at_their_steps(tmp_path):
-    pytest.importorskip("tensorboard")
+    pytest.importorskip("tensorboard", reason="the dev extra's tensorboard is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     with MetricsLog(tmp_path, tensorboard=True) as log:
         for step in (10, 20, 30):

@@ -7,7 +7,7 @@ import pytest
 
 from dist_nn.monitor import MetricsLog, plot_run, plots
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="the plot extra's matplotlib is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,7 @@ def test_cnn_step_matches_torch_autocast(source, mode):
     no further from the exact step than 2x PyTorch's largest error. Ours must also be
     visibly half precision (> 100x float32's error): a silent float32 computation fails."""
     if mode == "bf16":
-        pytest.importorskip("ml_dtypes")
+        pytest.importorskip("ml_dtypes", reason="bf16 needs the bf16 extra (ml_dtypes)")
     u = UNIT_ROUNDOFF[mode]
     ours, theirs = check.compare(source, mode + ".", 6 * u,
                                  ours_of=lambda inputs: recipe.amp_step(inputs, mode))
