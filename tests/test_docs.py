@@ -117,3 +117,18 @@ def test_broken_links_are_named(tmp_path):
         "b.md: [gone](c.md): c.md does not exist",
         "b.md: [noself](#c): b.md has no heading with the anchor #c",
         f"b.md: [up](../x.md): points outside the repository ({root.parent / 'x.md'})"]
+
+
+def test_code_cites_sections_of_the_design_that_exist():
+    """Comments and docstrings cite the design as "docs/design.md §3.5": that section is a
+    heading of docs/design.md."""
+    sections = {match.group(1) for match in re.finditer(
+        r"^#{2,3} (\d+(?:\.\d+)?)\.? ", (ROOT / "docs" / "design.md").read_text(), re.M)}
+    cited = {}
+    for folder in ("dist_nn", "datasets", "launch", "tests", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for number in re.findall(r"docs/design\.md §(\d+(?:\.\d+)?)", path.read_text()):
+                cited.setdefault(number, []).append(str(path.relative_to(ROOT)))
+    assert cited, "no code cites docs/design.md"
+    missing = {number: paths for number, paths in cited.items() if number not in sections}
+    assert not missing, f"cited sections that docs/design.md lacks: {missing}"

@@ -152,7 +152,7 @@ def test_bad_spaces_are_refused_before_anything_runs(param, message, tmp_path, c
 @pytest.mark.parametrize("text, message", [
     ('[params]\n"optim.lr" = 0.1\n', "optim.lr: give {low = ..., high = ..."),
     ('[params]\n"optim.lr" = {low = 0.1, high = 1}\n[fixed]\n"train.epochs" = -1\n',
-     "train.epochs must be >= 0, got -1"),
+     "train.epochs must be >= 1, got -1"),
     ('[params]\n"optim.lr" = {low = 0.1, high = 1}\n[sweep]\n',
      "a space has the tables [params] and [fixed], nothing else; got ['params', 'sweep']"),
     ('[fixed]\n"train.epochs" = 1\n', "nothing to search"),
