@@ -59,7 +59,8 @@ def main(argv=None):
             print(f"error: {launch_failure}", file=sys.stderr)
             return EXIT_CONFIG
     except distributed.LaunchError as failure:
-        print(f"error: {failure}", file=sys.stderr)
+        if failure.said_here:
+            print(f"error: {failure}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         if error is not None:

@@ -64,6 +64,7 @@ class Trainer:
         self.config, self.given_model, self.resume, self.debug = config, model, resume, debug
         self.preemption = PreemptionSignal()  # before MPI's start-up: kept
         self.comm = comm or distributed.setup(config.train.comm, config.train.device,
+                                              config.train.cuda_aware,
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
         self.metrics, self.log, self.run_dir = {}, None, None

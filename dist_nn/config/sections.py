@@ -162,6 +162,10 @@ class Train:
                         ("float32", "float64"))
     device: str = option("auto", "where arrays live", ("auto", "cpu", "gpu"))
     comm: str = option("auto", "communicator", ("auto", "local", "mpi", "nccl"))
+    cuda_aware: str = option("auto", "on a GPU with train.comm mpi: MPI takes device buffers "
+                                     "(on) or pinned host copies of them (off); auto asks the "
+                                     "MPI library (MPIX_Query_cuda_support)",
+                             ("auto", "on", "off"))
     bucket_mb: float = option(25.0, "gradient allreduce bucket size", check=above(0))
     overlap: bool = option(True, "start each bucket's allreduce during backward")
     watchdog_s: float = option(300.0, "abort the job, naming the missing ranks, when a "

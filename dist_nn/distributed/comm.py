@@ -175,10 +175,16 @@ class MPICommunicator:
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
     def _staged(self, buf, copy=True, slot=""):
-        """A pinned host copy of a CuPy array (None for host arrays or CUDA-aware MPI). Buffers
-        in use at the same time take different `slot`s: a pending operation's include the
-        device address, so that two in flight never share one."""
-        if self.cuda_aware or isinstance(buf, numpy.ndarray):
+        """A pinned host copy of a CuPy array, or None where MPI takes `buf` itself: a host
+        array, or a device array with CUDA-aware MPI, which reads device memory outside any
+        stream: the work queued to write (or read) it must finish first. This is the one
+        place where a device buffer meets MPI. Buffers in use at the same time take different
+        `slot`s: a pending operation's include the device address, so that two in flight
+        never share one."""
+        if isinstance(buf, numpy.ndarray):
+            return None
+        if self.cuda_aware:
+            backend.cupy.cuda.get_current_stream().synchronize()
             return None
         key = (slot, buf.size, buf.dtype.str)
         if key not in self._pinned:
@@ -264,7 +270,7 @@ class MPICommunicator:
 
 
 class _NCCLRequest:
-    """A pending NCCL allreduce on the communication stream."""
+    """A pending NCCL collective on the communication stream."""
 
     def __init__(self, event):
         self.event = event
@@ -273,16 +279,19 @@ class _NCCLRequest:
         return self.event.done
 
     def wait(self):
-        # later work on the compute stream waits for the allreduce; the host does not block
+        # later work on the compute stream waits for the collective; the host does not block
         backend.cupy.cuda.get_current_stream().wait_event(self.event)
 
 
 class NCCLCommunicator(MPICommunicator):
     """NCCL for CuPy arrays (allreduce, reduce-scatter, allgather, bcast); MPI for objects,
     host arrays, barrier and abort. One GPU per rank: NCCL refuses two ranks on one GPU.
-    Non-blocking collectives run on their own stream, ordered after the work queued before
-    them. NCCL moves equal chunks only: a vector whose length the world size does not
-    divide goes through a zero-padded copy (chunk_bounds puts the padding at the end)."""
+    Every NCCL call runs on one communication stream, after the work queued on the caller's
+    stream, in the order called: NCCL needs the same order on every rank, which calls on two
+    streams (SyncBN's on the compute stream, the gradient buckets' beside it) would not
+    keep. A blocking call makes the caller's stream wait for it; the host never waits. NCCL
+    moves equal chunks only: a vector whose length the world size does not divide goes
+    through a zero-padded copy (chunk_bounds puts the padding at the end)."""
 
     def __init__(self, comm=None):
         super().__init__(comm)
@@ -299,22 +308,16 @@ class NCCLCommunicator(MPICommunicator):
     def _is_device(self, buf):
         return not isinstance(buf, numpy.ndarray)
 
-    def allreduce(self, buf, op="sum"):
-        if not self._is_device(buf):
-            return super().allreduce(buf, op)
-        _check_op(op)
-        stream = backend.cupy.cuda.get_current_stream()
+    def _enqueue(self, collective, *args):
+        """Queue `collective(stream, *args)` on the communication stream after the work
+        queued so far on the current stream; its handle."""
+        self.stream.wait_event(backend.cupy.cuda.get_current_stream().record())
+        collective(self.stream, *args)
+        return _NCCLRequest(self.stream.record())
+
+    def _allreduce_on(self, stream, buf, op):
         self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
                                  self._nccl_ops[op], stream.ptr)
-
-    def iallreduce(self, buf):
-        if not self._is_device(buf):
-            return super().iallreduce(buf)
-        cupy = backend.cupy
-        self.stream.wait_event(cupy.cuda.get_current_stream().record())
-        self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
-                                 self.nccl.NCCL_SUM, self.stream.ptr)
-        return _NCCLRequest(self.stream.record())
 
     def _reduce_scatter_on(self, stream, buf, out):
         cupy = backend.cupy
@@ -342,38 +345,44 @@ class NCCLCommunicator(MPICommunicator):
             if recv is not buf:
                 buf[...] = recv[:buf.size]
 
-    def _on_comm_stream(self, collective, *buffers):
-        """Run a collective on the communication stream after the work queued so far."""
-        cupy = backend.cupy
-        self.stream.wait_event(cupy.cuda.get_current_stream().record())
-        collective(self.stream, *buffers)
-        return _NCCLRequest(self.stream.record())
+    def _bcast_on(self, stream, buf, root):
+        self.nccl_comm.bcast(buf.data.ptr, buf.size, self._types[buf.dtype], root, stream.ptr)
+
+    def allreduce(self, buf, op="sum"):
+        if not self._is_device(buf):
+            return super().allreduce(buf, op)
+        _check_op(op)
+        self._enqueue(self._allreduce_on, buf, op).wait()
+
+    def iallreduce(self, buf):
+        if not self._is_device(buf):
+            return super().iallreduce(buf)
+        return self._enqueue(self._allreduce_on, buf, "sum")
 
     def reduce_scatter(self, buf, out):
         if not self._is_device(buf):
             return super().reduce_scatter(buf, out)
-        self._reduce_scatter_on(backend.cupy.cuda.get_current_stream(), buf, out)
+        self.ireduce_scatter(buf, out).wait()
 
     def ireduce_scatter(self, buf, out):
         if not self._is_device(buf):
             return super().ireduce_scatter(buf, out)
-        return self._on_comm_stream(self._reduce_scatter_on, buf, out)
+        return self._enqueue(self._reduce_scatter_on, buf, out)
 
     def allgather(self, chunk, buf):
         if not self._is_device(buf):
             return super().allgather(chunk, buf)
-        self._allgather_on(backend.cupy.cuda.get_current_stream(), chunk, buf)
+        self.iallgather(chunk, buf).wait()
 
     def iallgather(self, chunk, buf):
         if not self._is_device(buf):
             return super().iallgather(chunk, buf)
-        return self._on_comm_stream(self._allgather_on, chunk, buf)
+        return self._enqueue(self._allgather_on, chunk, buf)
 
     def bcast(self, buf, root=0):
         if not self._is_device(buf):
             return super().bcast(buf, root)
-        stream = backend.cupy.cuda.get_current_stream()
-        self.nccl_comm.bcast(buf.data.ptr, buf.size, self._types[buf.dtype], root, stream.ptr)
+        self._enqueue(self._bcast_on, buf, root).wait()
 
 
 def _address(buf):
@@ -386,22 +395,44 @@ def _check_op(op):
         raise ValueError(f"reduction op must be one of {OPS}, got {op!r}")
 
 
+def mpi_cuda_support():
+    """What the MPI library of this process says of CUDA device buffers: True or False
+    (MPIX_Query_cuda_support, which Open MPI and MPICH export), or None when it cannot say.
+    Call it after MPI has started (a communicator exists)."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as maps:  # the libmpi that mpi4py loaded
+            libraries = {line.split()[-1] for line in maps if "/libmpi" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(libraries):
+        try:
+            query = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+        except OSError:
+            continue
+        if query is not None:
+            return bool(query())
+    return None
+
+
 KINDS = ("auto", "local", "mpi", "nccl")
 
 
-def communicator(kind="auto", cuda_aware=False):
+def communicator(kind="auto"):
     """The communicator of this process. "auto": MPI when launched with more than one rank
-    (mpi4py importable), else the single-process one; "nccl" needs CuPy and a GPU per rank."""
+    (mpi4py importable), else the single-process one; "nccl" needs CuPy and a GPU per rank.
+    Device buffers go through pinned host copies unless `cuda_aware` is set (process.setup
+    decides it)."""
     if kind not in KINDS:
         raise ValueError(f"communicator must be one of {KINDS}, got {kind!r}")
     if kind == "local":
         return LocalCommunicator()
     if kind == "auto":
         try:
-            comm = MPICommunicator(cuda_aware=cuda_aware)
+            comm = MPICommunicator()
         except (ImportError, RuntimeError):  # no mpi4py, or no MPI library for it to load
             return LocalCommunicator()
         return comm if comm.size > 1 else LocalCommunicator()
     if kind == "nccl":
         return NCCLCommunicator()
-    return MPICommunicator(cuda_aware=cuda_aware)
+    return MPICommunicator()

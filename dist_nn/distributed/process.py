@@ -10,12 +10,18 @@ import traceback
 
 from .. import backend
 from .. import signals
-from .comm import MPICommunicator, communicator
+from .comm import MPICommunicator, communicator, mpi_cuda_support
 from .watchdog import Watchdog
 
 
 class LaunchError(RuntimeError):
-    """The processes were started in a way that cannot make one job."""
+    """The processes were started in a way that cannot make one job, or without what the
+    configuration asks of them (a GPU, NCCL, a CUDA-aware MPI). `said_here`: this process
+    says it (rank 0 of a job; every process that is alone)."""
+
+    def __init__(self, message, said_here=True):
+        super().__init__(message)
+        self.said_here = said_here
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -128,23 +134,92 @@ def check_slurm_launch(comm):
             "inside the allocation")
 
 
-def setup(kind="auto", device="auto", cuda_aware=False, threads=None, watchdog_s=0):
+# the node-local rank as launchers give it: Open MPI, MPICH's hydra, MVAPICH, SLURM's srun
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                        "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+CUDA_AWARE = ("auto", "on", "off")
+
+
+def launcher_local_rank():
+    """This process's rank on its node from the launcher's environment, or None."""
+    for variable in LOCAL_RANK_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def use_gpu(local_rank):
+    """Make GPU `local_rank` (modulo the GPUs this process sees) the current device."""
+    cuda = backend.cupy.cuda
+    cuda.Device(local_rank % cuda.runtime.getDeviceCount()).use()
+
+
+def setup(kind="auto", device="auto", cuda_aware="auto", threads=None, watchdog_s=0):
     """Start this rank: communicator ("auto" | "local" | "mpi" | "nccl"), BLAS threads
-    (threads_per_rank, or `threads`), abort on failure, on GPUs the device `local_rank`
-    (modulo the GPUs present), and with watchdog_s > 0 a watchdog that aborts the job,
-    naming the missing ranks, when a collective waits longer than that."""
+    (threads_per_rank, or `threads`), abort on failure, and on GPUs the device of the
+    node-local rank (modulo the GPUs present), chosen from the launcher's variables before
+    MPI starts (a CUDA-aware MPI may touch the current device at start-up), else from MPI's
+    shared-memory split. `cuda_aware` ("auto" | "on" | "off"): whether MPI takes device
+    buffers; "auto" asks the MPI library. With watchdog_s > 0 a watchdog aborts the job,
+    naming the missing ranks, when a collective waits longer than that. A GPU, NCCL or a
+    CUDA-aware MPI asked for but missing is a LaunchError on every rank, said by rank 0."""
+    if cuda_aware not in CUDA_AWARE:
+        raise ValueError(f"cuda_aware must be one of {CUDA_AWARE}, got {cuda_aware!r}")
+    missing = None
+    try:
+        backend.use(device)
+    except RuntimeError as error:  # no usable GPU: said once the job can agree on it
+        missing = str(error)
+    local_rank = launcher_local_rank()
+    if backend.device == "gpu" and local_rank is not None:
+        use_gpu(local_rank)
     with signals.held():  # a stop signal during MPI's start-up waits until it is done
-        base = communicator("mpi" if kind == "nccl" else kind, cuda_aware)
+        base = communicator("mpi" if kind == "nccl" else kind)
     abort_on_failure(base)
     check_slurm_launch(base)
     limit_threads(base.local_size, threads)
-    backend.use(device)
     if backend.device == "gpu":
-        backend.cupy.cuda.Device(base.local_rank % backend.cupy.cuda.runtime.getDeviceCount()).use()
+        if local_rank is None:
+            use_gpu(base.local_rank)
+        missing = missing or _device_path(base, kind, cuda_aware)
+    elif kind == "nccl":
+        missing = missing or ("train.comm = \"nccl\" needs a CUDA GPU per rank, and this "
+                              "process has none: use train.comm = \"mpi\"")
+    _agree(base, missing)
     comm = communicator("nccl") if kind == "nccl" else base
     if watchdog_s and isinstance(comm, MPICommunicator) and comm.size > 1:
         comm = Watchdog(comm, watchdog_s)
     return comm
+
+
+def _device_path(base, kind, cuda_aware):
+    """Set how `base` moves device buffers; what is missing for the path asked for, or None."""
+    if kind == "nccl":
+        from cupy.cuda import nccl
+        if not getattr(nccl, "available", False):
+            return ("train.comm = \"nccl\" needs the NCCL library, which CuPy cannot load: "
+                    "pip install 'nvidia-nccl-cu12>=2.18.1,<3' (the gpu extra installs it), or "
+                    "use train.comm = \"mpi\"")
+    if isinstance(base, MPICommunicator):
+        supported = mpi_cuda_support()
+        if cuda_aware == "on" and supported is False:
+            library = base.MPI.Get_library_version().splitlines()[0].strip()
+            return (f"train.cuda_aware = \"on\" but this MPI ({library}) does not take CUDA "
+                    "device buffers: use an MPI built with CUDA support, or "
+                    "train.cuda_aware = \"auto\"")
+        base.cuda_aware = cuda_aware == "on" or (cuda_aware == "auto" and bool(supported))
+    return None
+
+
+def _agree(base, missing):
+    """Raise one LaunchError on every rank when any rank found something missing."""
+    messages = base.allgather_obj(missing) if base.size > 1 else [missing]
+    failed = [(rank, message) for rank, message in enumerate(messages) if message]
+    if failed:
+        rank, message = failed[0]
+        raise LaunchError(f"rank {rank}: {message}" if base.size > 1 else message,
+                          said_here=base.rank == 0)
 
 
 def placement(comm):
