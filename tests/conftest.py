@@ -1,9 +1,22 @@
 """Every test starts on the CPU in float32 with the backend's random streams seeded, whatever
 ran before it and whatever DIST_NN_DEVICE says; tests that need float64 (or a GPU) switch with
 `backend.using(...)` inside the test."""
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
-from dist_nn import backend
+# DIST_NN_CUPY_STANDIN=1: `import cupy` gives the CuPy stand-in (tests/gpu_standin), here and
+# in subprocesses (those that set PYTHONPATH themselves add it too: tests/distributed/mpi.py),
+# so that the GPU path runs without a GPU.
+if os.environ.get("DIST_NN_CUPY_STANDIN") == "1":
+    STANDIN = str(Path(__file__).resolve().parent / "gpu_standin")
+    sys.path.insert(0, STANDIN)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [STANDIN, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+from dist_nn import backend  # noqa: E402  (after the stand-in's path)
 
 backend.use("cpu", "float32")
 

@@ -1,5 +1,6 @@
 """Running test programs under a real `mpiexec` (see launch/mpirun.py)."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from launch import mpirun
 
 PROGRAMS = Path(__file__).parent / "programs"
 ROOT = Path(__file__).resolve().parents[2]
+STANDIN = ROOT / "tests" / "gpu_standin"
+
+
+def pythonpath():
+    """ROOT, after the CuPy stand-in when the suite runs on it (tests/conftest.py)."""
+    on_standin = os.environ.get("DIST_NN_CUPY_STANDIN") == "1"
+    return os.pathsep.join([str(STANDIN)] * on_standin + [str(ROOT)])
 
 needs_mpi = pytest.mark.skipif(mpirun.mpiexec_path() is None,
                                reason="no mpiexec (pip install mpich)")
@@ -17,7 +25,7 @@ needs_mpi = pytest.mark.skipif(mpirun.mpiexec_path() is None,
 def launch(ranks, program, *args, timeout=240):
     """Run tests/distributed/programs/<program>.py on `ranks` ranks; the CompletedProcess."""
     argv = [sys.executable, str(PROGRAMS / f"{program}.py"), *map(str, args)]
-    return mpirun.run(ranks, argv, env={"PYTHONPATH": str(ROOT)}, capture_output=True,
+    return mpirun.run(ranks, argv, env={"PYTHONPATH": pythonpath()}, capture_output=True,
                       text=True, timeout=timeout, cwd=ROOT)
 
 

@@ -1,0 +1,2 @@
+"""cupy.lib on the stand-in: stride_tricks."""
+from cupy.lib import stride_tricks  # noqa: F401
