@@ -17,7 +17,7 @@ Speed: per-channel coefficients are spread to (C*L,) rows, so that every element
 broadcasts over the batch dimension only (NumPy's fast path).
 """
 from .. import backend
-from . import init, kernels
+from . import batchnorm_gpu, init, kernels
 from .batchnorm_kernels import KERNELS
 from .module import Module, Parameter, channels_last, grad_enabled
 
@@ -91,6 +91,10 @@ class _BatchNorm(Module):
         self.length = x[0, 0].size
         self.layout = "nlc" if channels_last(x) else "ncl"
         x3 = self._view(x)
+        if batchnorm_gpu.usable(x3, self.running_mean):
+            if self.training and not self.synced:
+                self._check_count(n * self.length, n * self.length)
+            return self._unview(batchnorm_gpu.forward(self, x3), x.shape)
         centred3 = xp.empty(x3.shape, dtype=x.dtype)  # x - K
         if self.training:
             shift = (self._sum(x3) * (1.0 / (n * self.length))).astype(x.dtype)
@@ -141,12 +145,15 @@ class _BatchNorm(Module):
         stats[-1] = self.count = local
         if self.synced:
             self.comm.allreduce(stats)
-            self.count = float(stats[-1])  # the global count (a device sync only in SyncBN)
-        if self.count < 2:
-            raise ValueError(f"{type(self).__name__} in training needs more than one value per "
-                             f"channel, got {local} on this rank (global count {self.count:g})")
+            self.count = float(stats[-1])  # the global count
+        self._check_count(local, self.count)
         mean = stats[:c] / self.count
         return mean, xp.maximum(stats[c:2 * c] / self.count - mean * mean, 0.0)
+
+    def _check_count(self, local, count):
+        if count < 2:
+            raise ValueError(f"{type(self).__name__} in training needs more than one value per "
+                             f"channel, got {local} on this rank (global count {count:g})")
 
     def _update_running_stats(self, mean, unbiased_var):
         self.num_batches_tracked += 1
@@ -160,8 +167,10 @@ class _BatchNorm(Module):
     def backward(self, dy):
         xp = backend.get_array_module(dy)
         c, dtype = self.num_features, dy.dtype
-        centred3 = self.kept(self.centred)
         dy3 = self._view(dy)  # in forward's layout (a copy if dy comes in another)
+        if batchnorm_gpu.usable(dy3):
+            return self._unview(batchnorm_gpu.backward(self, dy3), dy.shape)
+        centred3 = self.kept(self.centred)
         y3 = self.y if self.relu else dy3  # the ReLU's derivative comes from its output
         fast = kernels.usable(dy3, centred3, y3)
         if fast:

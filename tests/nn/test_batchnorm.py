@@ -94,14 +94,22 @@ def test_wrong_input_shape_names_the_layer(cls, shape):
         cls(3).forward(np.ones(shape, dtype=np.float32))
 
 
+needs_gpu = pytest.mark.skipif(not backend.gpu_available(),
+                               reason="needs CuPy and a GPU (or DIST_NN_CUPY_STANDIN=1)")
+DEVICES = ["cpu", pytest.param("gpu", marks=[pytest.mark.gpu, needs_gpu])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("offset", [0.0, 1e3, 1e4])
-def test_float32_is_accurate_far_from_zero(offset):
-    """Each rank sums x minus its own batch mean in float32 and forms E[x^2] - E[x]^2 in
+def test_float32_is_accurate_far_from_zero(offset, device):
+    """On the CPU each rank sums x minus its own batch mean in float32 and forms E[x^2] -
+    E[x]^2 in float64; the GPU kernels sum x and x^2 in float64 and subtract the mean in
     float64: data far from zero (offset + N(0, 1)) normalises to float32 precision on the
     very first batch (PyTorch's float32 error is ~6e-4 at offset 1e4)."""
-    bn = nn.BatchNorm2d(4)
     x = (offset + np.random.default_rng(0).standard_normal((32, 4, 6, 6))).astype(np.float32)
-    y = bn.forward(x)
+    with backend.using(device, "float32"):
+        bn = nn.BatchNorm2d(4)
+        y = backend.to_host(bn.forward(backend.to_device(x)))
     x64 = x.astype(np.float64)
     expected = (x64 - x64.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
         x64.var(axis=(0, 2, 3), keepdims=True) + bn.eps)
@@ -115,23 +123,27 @@ def in_channels_last_memory(a):
     return np.ascontiguousarray(a.transpose(to_last)).transpose(np.argsort(to_last))
 
 
-def run_pair(case, fused, compiled, dtype, channels_last=False):
-    """y, dx and parameter gradients of a BatchNorm case followed by a ReLU, fused or not;
-    with channels_last, x and dy come in channels-last memory and y and dx must keep it."""
+def run_pair(case, fused, compiled, dtype, channels_last=False, device="cpu"):
+    """y, dx and parameter gradients of a BatchNorm case followed by a ReLU, fused or not, as
+    NumPy arrays; with channels_last, x and dy come in channels-last memory and y and dx must
+    keep it."""
     inputs, _ = check.split_fixture(case)
-    bn, relu = check.build_loaded(case, inputs, dtype), nn.ReLU()
-    if fused:
-        nn.fuse_relu(bn, relu)
-    x, dy = inputs["x"].astype(dtype), inputs["dy"].astype(dtype)
-    if channels_last:
-        x, dy = in_channels_last_memory(x), in_channels_last_memory(dy)
-    with nn.kernels.using(compiled):
-        y = relu.forward(bn.forward(x)).copy(order="K")
-        dx = bn.backward(relu.backward(dy))
-    if channels_last:
-        assert nn.channels_last(y) and nn.channels_last(dx)
-    grads = [p.grad for p in bn.parameters()]
-    return [y, dx, *grads, bn.running_mean, bn.running_var]
+    with backend.using(device, dtype):
+        bn, relu = check.build_loaded(case, inputs, dtype, device), nn.ReLU()
+        if fused:
+            nn.fuse_relu(bn, relu)
+        x, dy = inputs["x"].astype(dtype), inputs["dy"].astype(dtype)
+        if channels_last:
+            x, dy = in_channels_last_memory(x), in_channels_last_memory(dy)
+        x, dy = backend.to_device(x), backend.to_device(dy)
+        with nn.kernels.using(compiled):
+            y = relu.forward(bn.forward(x)).copy(order="K")
+            dx = bn.backward(relu.backward(dy))
+        if channels_last:
+            assert nn.channels_last(y) and nn.channels_last(dx)
+        grads = [p.grad for p in bn.parameters()]
+        return [backend.to_host(a) for a in [y, dx, *grads, bn.running_mean, bn.running_var,
+                                             bn.num_batches_tracked]]
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-6)])
@@ -150,3 +162,21 @@ def test_fused_relu_and_compiled_kernels_equal_the_numpy_formula(case, dtype, to
             np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance * scale,
                                        err_msg=f"fused={fused} compiled={compiled} "
                                                f"channels_last={channels_last}")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("case", CASES)
+def test_gpu_kernels_equal_the_numpy_formula(case, dtype, tolerance):
+    """The GPU path (nn/batchnorm_gpu.py: one CUDA kernel a pass), fused with the ReLU or not,
+    in channels-last memory or not, gives what the NumPy formula gives."""
+    reference = run_pair(case, fused=False, compiled=False, dtype=dtype)
+    layouts = [False, True] if check.split_fixture(case)[0]["x"].ndim > 2 else [False]
+    for fused, channels_last in itertools.product([False, True], layouts):
+        ours_all = run_pair(case, fused, False, dtype, channels_last, device="gpu")
+        for ours, expected in zip(ours_all, reference):
+            assert ours.dtype == expected.dtype
+            scale = max(np.abs(expected).max(), 1.0)
+            np.testing.assert_allclose(ours, expected, rtol=0, atol=tolerance * scale,
+                                       err_msg=f"fused={fused} channels_last={channels_last}")

@@ -34,6 +34,7 @@ from cupy import cuda  # noqa: F401
 from cupy import _standin  # noqa: F401  (the stand-in's own API, for tests)
 from cupy._host import (array, asanyarray, asarray, ascontiguousarray,  # noqa: F401
                         asfortranarray, asnumpy, get_array_module)
+from cupy._kernel import ElementwiseKernel, ReductionKernel  # noqa: F401
 from cupy._ndarray import ndarray  # noqa: F401
 from cupy._ufunc import ufunc  # noqa: F401
 from cupy import lib, linalg, random  # noqa: F401
