@@ -114,6 +114,16 @@ def to_host(array):
     return numpy.asarray(array)
 
 
+def read(*values):
+    """Python floats of 0-d arrays (or numbers), read from the device in one copy: on a GPU
+    one host sync for all of them."""
+    arrays = [v for v in values if on_gpu(v)]
+    if arrays:
+        host = iter(cupy.stack(arrays, dtype=cupy.float64).get().tolist())
+        return [next(host) if on_gpu(v) else float(v) for v in values]
+    return [float(v) for v in values]
+
+
 def synchronize():
     """Wait for queued device work (GPU kernels run asynchronously); a no-op on the CPU."""
     if device == "gpu":

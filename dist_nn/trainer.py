@@ -208,13 +208,10 @@ class Trainer:
             total_steps = min(total_steps, c.train.max_steps)
         self.schedules, self.plateau = make_schedules(c.schedule, self.opt,
                                                       self.steps_per_epoch, total_steps)
-        # sharded, the optimizer step's flat buffer is this rank's shard: fp16's overflow
-        # verdict (like the gradient norm) is the shard's part plus one allreduce
-        agree = self.sync.all_finite if c.optim.shard else None
         try:  # mixed precision, clipping, EMA around each optimizer step
             self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
                                            c.optim.clip_grad_norm, c.train.ema_decay,
-                                           self.sync.grad_norm, agree)
+                                           self.sync.squared_grad_norm)
         except nn.amp.PrecisionError as error:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
@@ -332,6 +329,7 @@ class Trainer:
             self.statistics.before_step()
         self.opt.zero_grad()
         totals = StepTotals()  # this rank's part
+        loss = correct = 0  # on the device until the step's one read below
         for m in range(self.accumulate):
             tick = time.perf_counter()
             batch = next(batches)
@@ -341,18 +339,25 @@ class Trainer:
             with contextlib.nullcontext() if last else self.sync.no_sync(), \
                     self.recipe.autocast():
                 logits = self.model.forward(batch.x)
-                totals.loss += float(self.loss_fn.forward(
-                    logits, batch.y, mean_over=self.global_batch * self.accumulate))
+                loss = loss + self.loss_fn.forward(  # labels: checked when the data opened
+                    logits, batch.y, mean_over=self.global_batch * self.accumulate,
+                    check_labels=False)
                 self.model.backward(self.recipe.scale(self.loss_fn.backward()))
-            totals.correct += int((logits.argmax(axis=1) == batch.y).sum())
+            correct = correct + (logits.argmax(axis=1) == batch.y).sum()
             totals.samples += len(batch.y)
             timing["compute"] += time.perf_counter() - tick
         tick = time.perf_counter()
         self.sync.wait()
+        timing["allreduce_wait"] += time.perf_counter() - tick
+        self.recipe.unscale(defer=True)  # fp16: unscaled; the gradient norm, once
+        # the step's one host sync on a GPU: loss, accuracy and the norm in one copy
+        totals.loss, totals.correct, squared_norm = backend.read(
+            loss, correct, self.recipe.pending_norm)
+        self.recipe.conclude(squared_norm)  # fp16: an overflow skips the step
+        tick = time.perf_counter()
         totals.preempt_votes, totals.interrupt_votes = self.preemption.votes()
         totals = totals.reduced(self.comm)  # every rank learns of a signal on any rank
         timing["allreduce_wait"] += time.perf_counter() - tick
-        self.recipe.unscale()  # the gradient norm, once; fp16: an overflow skips the step
         self.check_step(totals.loss, batch.x)
         tick = time.perf_counter()
         grad_norm = self.recipe.step()  # clipped, stepped (unless skipped), EMA updated

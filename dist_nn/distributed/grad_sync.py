@@ -17,8 +17,9 @@ ShardedGradSync (zero.py) is the ZeRO-1 counterpart: the same buckets and hooks,
 reduce-scatter per bucket instead of an allreduce.
 """
 import contextlib
+import math
 
-from ..optim import grad_norm
+from ..optim import squared_norm
 
 
 class GradSync:
@@ -89,11 +90,14 @@ class GradSync:
             self.flat.grad *= 1.0 / self.comm.size
         self._reset()
 
+    def squared_grad_norm(self):
+        """The squared global L2 norm of the synchronised gradient (after wait()), the same on
+        every rank, as a 0-d array (on a GPU: not read back): what clipping, the non-finite
+        check and the metrics share (computed once per step, by optim.StepRecipe)."""
+        return squared_norm(self.flat.grad)
+
     def grad_norm(self):
-        """The global L2 norm of the synchronised gradient (after wait()), the same on every
-        rank: what clipping, the non-finite check and the metrics share (computed once per
-        step, by optim.StepRecipe)."""
-        return grad_norm(self.flat)
+        return math.sqrt(float(self.squared_grad_norm()))
 
     @contextlib.contextmanager
     def no_sync(self):

@@ -26,7 +26,6 @@ Checkpoints keep the unsharded format: `ShardedOptimizer.state_dict()` (called o
 rank) gathers the full state on rank 0; `load_state_dict()` takes the full state and keeps
 this rank's shard, so a run resumes on any world size, sharded or not.
 """
-import math
 
 import numpy
 
@@ -62,19 +61,13 @@ class ShardedGradSync(GradSync):
             self.shard.grad *= 1.0 / self.comm.size
         self._reset()
 
-    def grad_norm(self):
-        """The L2 norm of the whole synchronised gradient (the same on every rank): the
-        shard's part and one allreduce."""
-        total = numpy.array([squared_norm(self.shard.grad)])
+    def squared_grad_norm(self):
+        """The squared L2 norm of the whole synchronised gradient (the same on every rank),
+        as a 0-d array on the gradient's device: the shard's part and one allreduce. A
+        non-finite value on any rank makes it non-finite on all (fp16's overflow verdict)."""
+        total = squared_norm(self.shard.grad).reshape(1)
         self.comm.allreduce(total)
-        return math.sqrt(total[0])
-
-    def all_finite(self, finite):
-        """True on every rank when `finite` (this rank's verdict on its shard) is True on
-        all of them: one allreduce of one value."""
-        failed = numpy.array([0.0 if finite else 1.0])
-        self.comm.allreduce(failed)
-        return failed[0] == 0
+        return total.reshape(())
 
     def gather_parameters(self):
         """Every rank's updated shard into every rank's model."""

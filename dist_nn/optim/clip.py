@@ -15,9 +15,10 @@ EPS = 1e-6  # torch's: the clip coefficient is max_norm / (total_norm + 1e-6)
 
 
 def squared_norm(values):
-    """sum(values^2) as a Python float, accumulated in float64 (no float32 overflow)."""
+    """sum(values^2), accumulated in float64 (no float32 overflow), as a 0-d array on the
+    values' device: on a GPU nothing is read back until the caller does."""
     xp = backend.get_array_module(values)
-    return float(xp.square(values, dtype=xp.float64).sum())
+    return xp.square(values, dtype=xp.float64).sum()
 
 
 def grad_norm(flat_or_params):
@@ -25,7 +26,7 @@ def grad_norm(flat_or_params):
     is). A flat buffer takes one pass, accumulated in float64; a list of parameters, one norm
     each, then the norm of those norms (torch's order)."""
     if isinstance(flat_or_params, FLAT):
-        return math.sqrt(squared_norm(flat_or_params.grad))
+        return math.sqrt(float(squared_norm(flat_or_params.grad)))
     norms = [float(backend.get_array_module(p.grad).linalg.norm(p.grad.reshape(-1)))
              for p in flat_or_params if p.requires_grad]
     return math.sqrt(math.fsum(n * n for n in norms))

@@ -10,34 +10,41 @@ LossScaler for fp16), gradient clipping and a weight EMA, each off unless asked 
     ...guards read recipe.grad_norm...             # step will be skipped (grad_norm None)
     grad_norm = recipe.step()                      # clip, step (unless skipped), EMA update
 
+On a GPU the gradient norm is a value read back from the device (a host sync): the Trainer
+calls `unscale(defer=True)`, reads `recipe.pending_norm` in the same copy as the step's loss
+and accuracy, and hands it to `conclude()`.
+
 and evaluates inside `with recipe.evaluation_weights():` (the EMA weights when enabled).
 """
 import contextlib
+import math
 
 from .. import nn, saved
-from .clip import clip_grad_norm, grad_norm
+from . import clip
 from .ema import WeightEMA
 from .flat import FlatShard
 from .scaler import LossScaler
 
 
 class StepRecipe:
-    """`norm()` gives the synchronized gradient's global L2 norm (a GradSync's grad_norm;
-    default: that of `optimizer.flat.grad`); for an optimizer whose flat buffer holds only
-    this rank's shard of the gradient (ZeRO-1's, on a FlatShard), the shard's part plus one
-    allreduce, and `agree` turns this rank's fp16 overflow verdict into every rank's.
-    Autocast and the EMA always work on the whole flat buffer: the sharded optimizer's step
-    ends with the parameters allgathered."""
+    """`squared_norm()` gives the synchronized gradient's squared global L2 norm as a 0-d
+    array (a GradSync's squared_grad_norm; default: that of `optimizer.flat.grad`); for an
+    optimizer whose flat buffer holds only this rank's shard of the gradient (ZeRO-1's, on a
+    FlatShard), the shard's part plus one allreduce. It is finite exactly when every gradient
+    is: fp16's overflow verdict, the same on every rank. Autocast and the EMA always work on
+    the whole flat buffer: the sharded optimizer's step ends with the parameters
+    allgathered."""
 
     def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0,
-                 norm=None, agree=None):
-        self.optimizer, self.clip, self.agree = optimizer, clip_grad_norm, agree
-        self.norm = norm or (lambda: grad_norm(optimizer.flat))
+                 squared_norm=None):
+        self.optimizer, self.max_norm = optimizer, clip_grad_norm
+        self._measure = squared_norm or (lambda: clip.squared_norm(optimizer.flat.grad))
         flat = optimizer.flat.flat if isinstance(optimizer.flat, FlatShard) else optimizer.flat
         self._autocast = nn.amp.Autocast(model, flat, amp) if amp != "off" else None
         self.scaler = LossScaler() if amp == "fp16" else None  # bfloat16 has float32's range
         self.ema = WeightEMA(model, flat, ema_decay) if ema_decay else None
-        self.overflow, self.unscaled, self.grad_norm = False, False, None
+        self.overflow, self.grad_norm, self.pending_norm = False, None, None
+        self.unscaled = self.concluded = False
 
     def autocast(self):
         return self._autocast() if self._autocast else contextlib.nullcontext()
@@ -46,14 +53,27 @@ class StepRecipe:
         """The loss gradient times the loss scale (fp16), before backward."""
         return loss_grad * self.scaler.scale if self.scaler else loss_grad
 
-    def unscale(self):
+    def unscale(self, defer=False):
         """After the gradient sync, once per step: unscale the gradients (fp16) and measure
         their global L2 norm before clipping, `grad_norm`, which clipping, the guards and the
-        metrics share. True when fp16 overflowed: the step will be skipped (grad_norm None)."""
-        self.overflow = bool(self.scaler) and \
-            not self.scaler.unscale(self.optimizer.flat, self.agree)
-        self.grad_norm = None if self.overflow else self.norm()
-        self.unscaled = True
+        metrics share. True when fp16 overflowed: the step will be skipped (grad_norm None).
+        defer=True: only start the measurement (`pending_norm`, the squared norm as a 0-d
+        array) and return None; conclude() takes it once read."""
+        if self.scaler:
+            self.scaler.divide(self.optimizer.flat)
+        self.pending_norm, self.unscaled = self._measure(), True
+        return None if defer else self.conclude()
+
+    def conclude(self, squared_norm=None):
+        """The step's verdict from the squared norm read on the host (default: read
+        `pending_norm` now): sets grad_norm and overflow; returns overflow."""
+        squared = float(self.pending_norm if squared_norm is None else squared_norm)
+        finite = math.isfinite(squared)
+        if self.scaler:
+            self.scaler.record(finite)
+        self.overflow = bool(self.scaler) and not finite
+        self.grad_norm = None if self.overflow else math.sqrt(squared)
+        self.concluded = True
         return self.overflow
 
     def step(self):
@@ -61,9 +81,11 @@ class StepRecipe:
         scale and the EMA; returns the step's grad_norm (None for a skipped step)."""
         if not self.unscaled:
             self.unscale()
+        if not self.concluded:
+            self.conclude()
         norm = self.grad_norm
-        if norm is not None and self.clip:
-            clip_grad_norm(self.optimizer.flat, self.clip, total=norm)
+        if norm is not None and self.max_norm:
+            clip.clip_grad_norm(self.optimizer.flat, self.max_norm, total=norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -71,7 +93,7 @@ class StepRecipe:
             self.optimizer.step()
         if self.ema and not self.overflow:
             self.ema.update()
-        self.overflow, self.unscaled = False, False
+        self.overflow, self.unscaled, self.concluded = False, False, False
         return norm
 
     def evaluation_weights(self):

@@ -35,6 +35,7 @@ class LossScaler:
         self.growth_tracker = 0  # clean steps since the last change of scale
         self.skipped = 0         # steps skipped so far (not saved: a count for the log)
         self.finite = None       # this step's verdict, once unscale() has run
+        self._divided = False    # divide() ran this step, record() not yet
 
     @staticmethod
     def _float32(value):
@@ -44,17 +45,30 @@ class LossScaler:
     def unscale(self, flat_or_params, agree=None):
         """Divide the gradients by the scale in place (once per step); True when all of
         them are finite. `agree`: a function turning this process's verdict into every
-        rank's, for gradients each rank holds a part of (a ZeRO-1 shard)."""
-        if self.finite is not None:
+        rank's, for gradients each rank holds a part of (a ZeRO-1 shard). On a GPU each
+        array's verdict is a host sync: StepRecipe instead divides, then records the verdict
+        it reads from the gradient norm."""
+        grads = self.divide(flat_or_params)
+        finite = all(bool(backend.get_array_module(g).isfinite(g).all()) for g in grads)
+        return self.record(agree(finite) if agree else finite)
+
+    def divide(self, flat_or_params):
+        """Divide the gradients by the scale in place, once per step; returns them. The
+        step's verdict is then given to record()."""
+        if self.finite is not None or self._divided:
             raise RuntimeError("unscale() was already called this step; call update() first")
         grads = [flat_or_params.grad] if isinstance(flat_or_params, (FlatParameters, FlatShard)) \
             else [p.grad for p in flat_or_params if p.requires_grad]
         inverse = self._float32(1.0 / self.scale)  # torch: the float64 reciprocal, in float32
-        finite = True
         for g in grads:
             g *= inverse
-            finite = finite and bool(backend.get_array_module(g).isfinite(g).all())
-        self.finite = agree(finite) if agree else finite
+        self._divided = True
+        return grads
+
+    def record(self, finite):
+        """This step's verdict, taken after divide(): True when every gradient is finite (the
+        same on every rank); returns it."""
+        self.finite, self._divided = bool(finite), False
         return self.finite
 
     def step(self, optimizer):

@@ -67,7 +67,7 @@ class Run:
         self.loss = nn.SoftmaxCrossEntropy()
         # the optimizer step, clipping the global norm (sharded: the shard's + an allreduce)
         self.recipe = optim.StepRecipe(self.model, self.opt, clip_grad_norm=clip,
-                                       norm=self.sync.grad_norm)
+                                       squared_norm=self.sync.squared_grad_norm)
         self.norms = []
 
     def step(self, step, sizes, micros=1):
@@ -174,8 +174,8 @@ def overflow(comm):
     """fp16 steps whose gradient is Inf in rank 0's shard only (steps 1 and 3 of 5): every
     rank must skip them (and halve its loss scale) although only rank 0 sees the Inf."""
     run = Run(comm, "adam", shard=True)
-    run.recipe = optim.StepRecipe(run.model, run.opt, amp="fp16", norm=run.sync.grad_norm,
-                                  agree=run.sync.all_finite)
+    run.recipe = optim.StepRecipe(run.model, run.opt, amp="fp16",
+                                  squared_norm=run.sync.squared_grad_norm)
     local, agreed, scales, skipped = [], [], [], []
     for step in range(5):
         run.opt.zero_grad()
