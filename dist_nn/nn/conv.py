@@ -127,16 +127,20 @@ class Conv2d(Module):
         x = self.kept(self.x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
-        grad = xp.zeros(self._matrix().shape, dtype=self.weight.grad.dtype)  # over slices
+        grad = None  # summed over slices in the gradient's dtype (a GPU's fit in one)
         for part in self._chunks(dy.shape, self.kernel_size, self.in_channels):
             if self.nhwc:
                 cols, _ = im2col_nhwc(x[part], self.kernel_size, self.stride, self.padding)
                 dy2 = dy[part].transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
-                grad += cols.T @ dy2
+                part_grad = cols.T @ dy2
             else:
                 cols, _ = im2col(x[part], self.kernel_size, self.stride, self.padding)
                 dy3 = dy[part].reshape(len(cols), self.out_channels, -1)
-                grad += (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+                part_grad = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+            if grad is None:
+                grad = part_grad.astype(self.weight.grad.dtype, copy=False)
+            else:
+                grad += part_grad
         self.weight.grad += (grad.reshape(*self.kernel_size, self.in_channels, -1).transpose(
             3, 2, 0, 1) if self.nhwc else grad.reshape(self.weight.shape))
         if not self.input_grad:
