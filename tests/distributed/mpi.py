@@ -22,17 +22,18 @@ needs_mpi = pytest.mark.skipif(mpirun.mpiexec_path() is None,
                                reason="no mpiexec (pip install mpich)")
 
 
-def launch(ranks, program, *args, timeout=240):
-    """Run tests/distributed/programs/<program>.py on `ranks` ranks; the CompletedProcess."""
+def launch(ranks, program, *args, timeout=240, env=None):
+    """Run tests/distributed/programs/<program>.py on `ranks` ranks (`env`: variables added);
+    the CompletedProcess."""
     argv = [sys.executable, str(PROGRAMS / f"{program}.py"), *map(str, args)]
-    return mpirun.run(ranks, argv, env={"PYTHONPATH": pythonpath()}, capture_output=True,
-                      text=True, timeout=timeout, cwd=ROOT)
+    return mpirun.run(ranks, argv, env={"PYTHONPATH": pythonpath(), **(env or {})},
+                      capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def run_json(ranks, program, tmp_path, *args, timeout=240):
+def run_json(ranks, program, tmp_path, *args, timeout=240, env=None):
     """Launch a program that writes its results as JSON to the path given as its first
     argument; fail with its output if it does not exit cleanly."""
-    out = tmp_path / f"{program}-{ranks}.json"
-    done = launch(ranks, program, out, *args, timeout=timeout)
+    out = tmp_path / f"{program}-{ranks}-{abs(hash(args))}.json"
+    done = launch(ranks, program, out, *args, timeout=timeout, env=env)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return json.loads(out.read_text())

@@ -1,9 +1,10 @@
 """Under mpiexec -n N: data-parallel training against one process with the N-times-larger
 batch, step by step (float64, dropout off). Rank 0 also trains the single-process reference
 (a plain LocalCommunicator run) and writes, per case, the relative parameter error after every
-step and whether all ranks ended with identical parameters.
+step and whether all ranks ended with identical parameters. --nccl: on GPUs, one per rank,
+through the NCCL communicator (the reference on rank 0's GPU).
 
-    mpiexec -n N python equivalence.py OUT.json [CASE ...]
+    mpiexec -n N python equivalence.py OUT.json [--nccl] [CASE ...]
 """
 import contextlib
 import json
@@ -11,8 +12,8 @@ import sys
 
 import numpy as np
 
-from dist_nn import backend, models, nn, optim
-from dist_nn.distributed import GradSync, LocalCommunicator, broadcast_state, communicator
+from dist_nn import backend, distributed, models, nn, optim
+from dist_nn.distributed import GradSync, LocalCommunicator, broadcast_state
 
 STEPS = 20
 PER_RANK = 3  # samples per rank per micro-batch
@@ -62,7 +63,7 @@ def train(comm, model_name, variant, world):
             begin, end = sum(sizes[:comm.rank]), sum(sizes[:comm.rank + 1])
         opt.zero_grad()
         for m in range(micros):
-            x, y = micro_batch(step, m, total, shape)
+            x, y = map(backend.to_device, micro_batch(step, m, total, shape))
             last = m == micros - 1
             with contextlib.nullcontext() if last else sync.no_sync():
                 # the mean over all micro-batches of the step, over all ranks
@@ -72,12 +73,15 @@ def train(comm, model_name, variant, world):
         sync.wait()
         norms.append(optim.clip_grad_norm(opt.flat, clip) if clip else optim.grad_norm(opt.flat))
         opt.step()
-        history.append(opt.flat.data.copy())
+        history.append(backend.to_host(opt.flat.data).copy())
     return history, norms
 
 
 def main(out, cases):
-    comm = communicator("mpi")
+    nccl = cases[:1] == ["--nccl"]
+    comm = distributed.setup("nccl" if nccl else "mpi", "gpu" if nccl else "cpu")
+    backend.use(dtype="float64")
+    cases = cases[nccl:]
     results = {}
     for case in cases:
         model_name, variant = case.split(":")
@@ -88,6 +92,7 @@ def main(out, cases):
             errors = [float(np.abs(a - b).max() / np.abs(b).max())
                       for a, b in zip(ours, reference)]
             results[case] = {"errors": errors, "grad_norms": norms,
+                             "communicator": type(comm).__name__, "device": backend.device,
                              "ranks_identical": all(np.array_equal(f, finals[0]) for f in finals)}
     if comm.rank == 0:
         with open(out, "w") as f:
@@ -95,5 +100,4 @@ def main(out, cases):
 
 
 if __name__ == "__main__":
-    with backend.using("cpu", "float64"):
-        main(sys.argv[1], sys.argv[2:])
+    main(sys.argv[1], sys.argv[2:])
