@@ -1,10 +1,14 @@
 """The CuPy path: every layer case, whole models and optimizers on the GPU give what the
 NumPy path and PyTorch give. Skipped without CuPy and a CUDA GPU (run bench/gpu_checks.sh on
 a GPU machine)."""
+import sys
+
 import numpy as np
 import pytest
 
 from dist_nn import backend, models, nn, optim
+from launch import mpirun
+from tests.distributed.mpi import ROOT, needs_mpi, pythonpath
 from tests.nn import reference_check as check
 from tests.reference import fixtures, layers
 
@@ -76,3 +80,63 @@ def test_resnet20_on_gpu_matches_torch_cuda():
     for name, p in model.named_parameters():
         np.testing.assert_allclose(backend.to_host(p.grad), theirs[name].grad.cpu().numpy(),
                                    rtol=1e-8, atol=1e-11, err_msg=name)
+
+
+# The Trainer end to end on the GPU path: a few steps of each, on the embedded digits.
+TRAINER_CASES = {
+    "cnn": ["model.name=cnn"],
+    "resnet20": ["model.name=resnet20"],
+    "fp16": ["model.name=cnn", "train.amp=fp16"],
+    "bf16": ["model.name=resnet20", "train.amp=bf16"],
+    "recipe": ["model.name=cnn", "optim.name=adamw", "optim.clip_grad_norm=0.5",
+               "train.ema_decay=0.9", "train.label_smoothing=0.1", "schedule.name=cosine",
+               "schedule.warmup_epochs=0.1"],
+    "augment": ["model.name=cnn", "augment.enabled=true", "augment.rotate=10",
+                "augment.scale=0.1", "augment.brightness=0.1", "augment.contrast=0.1",
+                "augment.noise=0.05", "augment.cutout=2", "augment.probability=1"],
+}
+
+
+def fit(tmp_path, device, overrides, steps=4):
+    """The Trainer's summary and final parameters (NumPy) after `steps` steps on `device`."""
+    from dist_nn import Trainer
+    run_dir = tmp_path / device
+    trainer = Trainer(None, [f"train.device={device}", f"train.max_steps={steps}",
+                             f"log.run_dir={run_dir}", "log.tensorboard=off", *overrides])
+    summary = trainer.fit()
+    assert summary["step"] == steps and np.isfinite(summary["val_loss"])
+    assert list((run_dir / "checkpoints").glob(f"step-*{steps}.h5")), "no final checkpoint"
+    return summary, {k: backend.to_host(v) for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("case", TRAINER_CASES)
+def test_trainer_runs_on_gpu(tmp_path, case):
+    fit(tmp_path, "gpu", TRAINER_CASES[case])
+
+
+def test_trainer_on_gpu_equals_cpu_in_float64(tmp_path):
+    """resnet20 (no dropout, no augmentation): the Trainer's steps on the GPU path reach the
+    CPU's parameters, BatchNorm statistics included."""
+    overrides = ["model.name=resnet20", "train.dtype=float64"]
+    _, on_cpu = fit(tmp_path, "cpu", overrides)
+    _, on_gpu = fit(tmp_path, "gpu", overrides)
+    assert on_gpu.keys() == on_cpu.keys()
+    for key, value in on_cpu.items():
+        np.testing.assert_allclose(on_gpu[key], value, rtol=1e-8, atol=1e-10, err_msg=key)
+
+
+@needs_mpi
+def test_two_ranks_train_through_nccl_with_zero_and_the_recipe(tmp_path):
+    """`python -m dist_nn.train` on two ranks, one GPU each: NCCL, ZeRO-1, fp16, clipping,
+    EMA and SyncBN; exit 0 with the final checkpoint on disk."""
+    run_dir = tmp_path / "run"
+    done = mpirun.run(2, [sys.executable, "-m", "dist_nn.train", "train.device=gpu",
+                          "train.comm=nccl", "optim.shard=true", "train.amp=fp16",
+                          "optim.clip_grad_norm=1.0", "train.ema_decay=0.9",
+                          "model.name=resnet20", "train.max_steps=4", f"log.run_dir={run_dir}",
+                          "log.tensorboard=off"],
+                      env={"PYTHONPATH": pythonpath(), "DIST_NN_STANDIN_GPUS": "2"},
+                      capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-> gpu 0" in done.stdout and "-> gpu 1" in done.stdout, done.stdout
+    assert list((run_dir / "checkpoints").glob("step-*4.h5"))
