@@ -6,6 +6,7 @@ CUDA-aware MPI only after its stream is synchronised."""
 import json
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -106,3 +107,37 @@ def test_device_buffers_reach_a_cuda_aware_mpi_only_after_a_sync():
         else:
             raise AssertionError("an unsynchronised buffer reached MPI")
     """)
+
+
+HUNG_ON_THE_GPU = """
+    import time
+    import cupy
+    from cupy import _standin
+    from dist_nn.distributed import process
+
+    world = process.setup("nccl", "gpu", watchdog_s=2)
+    x = cupy.ones(4)
+    world.allreduce(x)
+    assert float(x.sum()) == 8.0
+    if world.rank == 0:
+        _standin.stall(world.comm.stream)  # the NCCL stream's next work never finishes
+    world.allreduce(x)  # returns at once: NCCL queues it on the GPU
+    if world.rank == 0:
+        float(x.sum())  # waits for ever
+    time.sleep(60)  # rank 1: alive, outside any collective
+"""
+
+
+@needs_mpi
+def test_the_watchdog_times_a_collective_that_hangs_on_the_gpu():
+    """An NCCL collective does not block the host; one that never completes shows as a host
+    sync that never returns. The watchdog times it from its completion event."""
+    start = time.monotonic()
+    done = mpirun.run(2, [sys.executable, "-c", textwrap.dedent(HUNG_ON_THE_GPU)],
+                      env=standin_env(DIST_NN_STANDIN_GPUS="2"), capture_output=True,
+                      text=True, timeout=60, cwd=ROOT, check=False)
+    assert done.returncode != 0
+    assert "[rank 0/2] watchdog: collective #2 (allreduce, queued on the GPU) has not " \
+           "completed within 2 s: every rank arrived (NCCL seems stuck); aborting the job" \
+           in done.stderr, done.stderr
+    assert time.monotonic() - start < 40

@@ -291,10 +291,12 @@ class NCCLCommunicator(MPICommunicator):
     streams (SyncBN's on the compute stream, the gradient buckets' beside it) would not
     keep. A blocking call makes the caller's stream wait for it; the host never waits. NCCL
     moves equal chunks only: a vector whose length the world size does not divide goes
-    through a zero-padded copy (chunk_bounds puts the padding at the end)."""
+    through a zero-padded copy (chunk_bounds puts the padding at the end). `on_queued`, if
+    set (by a Watchdog), is called with the event that completes each queued collective."""
 
     def __init__(self, comm=None):
         super().__init__(comm)
+        self.on_queued = None
         from cupy.cuda import nccl
         self.nccl = nccl
         uid = self.bcast_obj(nccl.get_unique_id() if self.rank == 0 else None)
@@ -313,7 +315,10 @@ class NCCLCommunicator(MPICommunicator):
         queued so far on the current stream; its handle."""
         self.stream.wait_event(backend.cupy.cuda.get_current_stream().record())
         collective(self.stream, *args)
-        return _NCCLRequest(self.stream.record())
+        done = self.stream.record()
+        if self.on_queued is not None:
+            self.on_queued(done)
+        return _NCCLRequest(done)
 
     def _allreduce_on(self, stream, buf, op):
         self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],
@@ -383,6 +388,12 @@ class NCCLCommunicator(MPICommunicator):
         if not self._is_device(buf):
             return super().bcast(buf, root)
         self._enqueue(self._bcast_on, buf, root).wait()
+
+    def abort(self, code=1):
+        """Abort NCCL's communicator first (a collective hung on the GPU then returns, as
+        NCCL's docs advise), then the job."""
+        self.nccl_comm.abort()
+        super().abort(code)
 
 
 def _address(buf):

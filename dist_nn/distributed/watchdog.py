@@ -11,8 +11,15 @@ those whose sequence number is behind (or that do not answer) did not arrive.
 The same thread watches the processes of the other ranks on its node: one that has ended
 while the main thread waits in a collective (killed, or gone through os._exit or a crash that
 ran no exit code) can never arrive, and the job is aborted at once, naming it.
+
+NCCL's collectives do not block the host: they are queued on the GPU, and a hung one shows
+only as a later host sync that never returns. Through the communicator's `on_queued` hook
+the watchdog keeps each one's completion event, in queue order (one stream), and polls the
+oldest: one not done within the timeout is reported as above, then NCCL's communicator and
+the job are aborted.
 """
 import atexit
+import collections
 import os
 import sys
 import threading
@@ -48,6 +55,10 @@ class Watchdog:
         self.MPI = comm.MPI
         self.sequence = 0          # collectives started by the main thread
         self.waiting = None        # (sequence, name, since) while the main thread waits
+        self.name = None           # the collective being started
+        self.on_device = collections.deque()  # (sequence, name, since, event) on the GPU
+        if hasattr(comm, "on_queued"):
+            comm.on_queued = self._queued
         self.control = comm.comm.Dup()
         self.peers = self._node_peers()
         self.stopping = threading.Event()
@@ -72,31 +83,35 @@ class Watchdog:
 
     # --- the communicator interface, each collective counted and timed ---------------------
     def _collective(self, name, call, *args, **kwargs):
-        self.sequence += 1
+        self.sequence, self.name = self.sequence + 1, name
         with self._waiting(self.sequence, name):
             return call(*args, **kwargs)
+
+    def _started(self, name, call, *args):
+        self.sequence, self.name = self.sequence + 1, name
+        return _Waiting(call(*args), self, self.sequence, name)
+
+    def _queued(self, event):
+        """The collective being started was queued on the GPU; `event` completes with it."""
+        self.on_device.append((self.sequence, self.name, time.monotonic(), event))
 
     def allreduce(self, buf, op="sum"):
         return self._collective("allreduce", self.comm.allreduce, buf, op)
 
     def iallreduce(self, buf):
-        self.sequence += 1
-        return _Waiting(self.comm.iallreduce(buf), self, self.sequence, "iallreduce")
+        return self._started("iallreduce", self.comm.iallreduce, buf)
 
     def reduce_scatter(self, buf, out):
         return self._collective("reduce_scatter", self.comm.reduce_scatter, buf, out)
 
     def ireduce_scatter(self, buf, out):
-        self.sequence += 1
-        return _Waiting(self.comm.ireduce_scatter(buf, out), self, self.sequence,
-                        "ireduce_scatter")
+        return self._started("ireduce_scatter", self.comm.ireduce_scatter, buf, out)
 
     def allgather(self, chunk, buf):
         return self._collective("allgather", self.comm.allgather, chunk, buf)
 
     def iallgather(self, chunk, buf):
-        self.sequence += 1
-        return _Waiting(self.comm.iallgather(chunk, buf), self, self.sequence, "iallgather")
+        return self._started("iallgather", self.comm.iallgather, chunk, buf)
 
     def bcast(self, buf, root=0):
         return self._collective("bcast", self.comm.bcast, buf, root)
@@ -152,7 +167,21 @@ class Watchdog:
                     self._abort_for_ended(ended, *waiting)
                 if time.monotonic() - waiting[2] > self.timeout:
                     self._report_and_abort(*waiting)
+            self._check_on_device()
             time.sleep(POLL_S)
+
+    def _check_on_device(self):
+        """Forget the GPU's completed collectives (in order: one stream); report the oldest
+        one still running past the timeout."""
+        while self.on_device:
+            sequence, name, since, event = self.on_device[0]
+            if event.done:
+                self.on_device.popleft()
+            elif time.monotonic() - since > self.timeout:
+                self._report_and_abort(sequence, f"{name}, queued on the GPU", since,
+                                       stuck="NCCL")
+            else:
+                return
 
     def _abort_for_ended(self, ended, sequence, name, _since):
         sys.stderr.write(
@@ -162,7 +191,7 @@ class Watchdog:
         sys.stderr.flush()
         self.comm.abort(1)
 
-    def _report_and_abort(self, sequence, name, _since):
+    def _report_and_abort(self, sequence, name, _since, stuck="the MPI library"):
         """Ask every rank where it is; name those behind; abort the job."""
         others = [r for r in range(self.size) if r != self.rank]
         for r in others:
@@ -184,7 +213,7 @@ class Watchdog:
         sys.stderr.write(
             f"[rank {self.rank}/{self.size}] watchdog: collective #{sequence} ({name}) has not "
             f"completed within {self.timeout:g} s: "
-            f"{'; '.join(parts) or 'every rank arrived (the MPI library seems stuck)'}; "
+            f"{'; '.join(parts) or f'every rank arrived ({stuck} seems stuck)'}; "
             "aborting the job\n")
         sys.stderr.flush()
         self.comm.abort(1)

@@ -157,7 +157,7 @@ def backward(layer, dy3):
     xp, k, c = backend.get_array_module(dy3), _kernels(), layer.num_features
     x3, dtype = layer.kept(layer.x), dy3.dtype
     y3 = layer.y if layer.relu else dy3  # the ReLU's derivative comes from its output
-    mean, inv_std = _per_channel(layer, layer.mean), _per_channel(layer, layer.inv_std)
+    mean = _per_channel(layer, layer.mean)
     sums = xp.empty((BACKWARD_ROWS, c), dtype=xp.float64)
     _reduce(layer, k["gradient_sums"], BACKWARD_ROWS, [dy3, x3, y3, mean], [int(layer.relu)],
             sums)

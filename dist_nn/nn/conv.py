@@ -123,7 +123,6 @@ class Conv2d(Module):
             xp.matmul(matrix, cols, out=out.reshape(len(x), len(matrix), -1))
 
     def backward(self, dy):
-        xp = backend.get_array_module(dy)
         x = self.kept(self.x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))

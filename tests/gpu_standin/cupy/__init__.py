@@ -19,7 +19,8 @@ What it proves, for the code it runs:
   (cupy._standin.cuda_initialised_on(), devices_used(); DIST_NN_STANDIN_GPUS devices);
 - stream discipline: whether a stream has work queued since its last synchronisation
   (pending_work), and in strict mode (strict_handoff(True)) that a device buffer reaches a
-  CUDA-aware library (its __cuda_array_interface__) only after one;
+  CUDA-aware library (its __cuda_array_interface__) only after one; stall(stream) makes a
+  stream's later work hang, as a kernel that never finishes;
 - NCCL's calls and contract (cuda/nccl.py): raw pointers, equal counts, one GPU per rank,
   collectives carried out over MPI so that several ranks really reduce.
 

@@ -3,4 +3,4 @@ which device CUDA was initialised on, which streams have unsynchronised work, an
 hand-off mode."""
 from cupy._counters import Counts, counting, counts, reset, tracing  # noqa: F401
 from cupy.cuda._context import (cuda_initialised_on, devices_used, pending_work,  # noqa: F401
-                                strict_handoff)
+                                stall, strict_handoff)

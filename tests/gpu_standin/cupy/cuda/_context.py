@@ -5,6 +5,7 @@ GPU's. Every host sync (wait_for) and every unit of device work (launch, upload)
 through here."""
 import itertools
 import threading
+import time
 import weakref
 
 from cupy import _counters
@@ -94,6 +95,20 @@ def wait_for(streams):
         stream._synced_to(stream._queued)
 
 
+def stall(stream):
+    """Make the work queued on `stream` from now on never finish, as a hung kernel (a
+    collective whose peer never comes): its events stay not done, and a host sync that
+    waits for it blocks for ever (tests of watchdogs)."""
+    stream._stalled_at = stream._queued
+
+
+def _learnt(stream, position):
+    """A query found `stream` done up to `position`. The bookkeeping follows what the main
+    (training) thread knows: a watchdog thread's polls tell it nothing."""
+    if threading.current_thread() is threading.main_thread():
+        stream._synced_to(position)
+
+
 def read_back():
     """A device-to-host copy: CuPy queues it on the current stream and waits for it."""
     wait_for([get_current_stream()])
@@ -117,6 +132,7 @@ class Stream:
     def _start(self, ptr, device, non_blocking):
         self.ptr, self.device_id, self._non_blocking = ptr, device, non_blocking
         self._queued = self._synced = 0
+        self._stalled_at = None  # stall(): work queued past this position never finishes
         self._waits = []  # (own position, stream, its position): this stream waits for that
         self._previous = []
 
@@ -127,7 +143,12 @@ class Stream:
     def _pending(self):
         return self._queued > self._synced
 
+    def _finishes(self, position):
+        return self._stalled_at is None or position <= self._stalled_at
+
     def _synced_to(self, position):
+        while not self._finishes(position):  # a hung kernel: the host waits for ever
+            time.sleep(1)
         self._synced = max(self._synced, position)
         later = []
         for own, other, theirs in self._waits:
@@ -163,9 +184,12 @@ class Stream:
 
     @property
     def done(self):
-        """True: the stand-in has run everything already; seeing it done counts as knowing
-        the queued work finished (not as a sync: the query does not block)."""
-        self._synced_to(self._queued)
+        """True (unless stalled): the stand-in has run everything already; seeing it done
+        counts as knowing the queued work finished (not as a sync: the query does not
+        block)."""
+        if not self._finishes(self._queued):
+            return False
+        _learnt(self, self._queued)
         return True
 
     def synchronize(self):
@@ -208,7 +232,9 @@ class Event:
     @property
     def done(self):
         if self._stream is not None:
-            self._stream._synced_to(self._position)
+            if not self._stream._finishes(self._position):
+                return False
+            _learnt(self._stream, self._position)
         return True
 
     def synchronize(self):
