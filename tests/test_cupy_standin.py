@@ -112,9 +112,11 @@ def test_a_fixed_program_costs_exactly_its_kernels_syncs_and_uploads():
             total = float(e.sum())                                  # 1 op, 1 sync
             host = cupy.asnumpy(y)                                  # 1 sync
             picked = y[numpy.array([0, 2])]                         # 1 upload, 1 op
-            rng = cupy.random.default_rng(0)                        # 1 generator
+            rng = cupy.random.default_rng(0)                        # 1 generator: XORWOW
             noise = rng.standard_normal((2, 2), dtype=cupy.float32) # 1 op
-        print(counted.ops, counted.syncs, counted.uploads, counted.generators_created)
+            philox = cupy.random.Generator(cupy.random.Philox4x3210(0))  # 1 generator
+        print(counted.ops, counted.syncs, counted.uploads, counted.generators_created,
+              counted.slow_generator_setups)
         expected = numpy.arange(12.0).reshape(3, 4) @ numpy.ones((4, 2)) + 1
         assert total == expected.sum() and (host == expected).all()
         assert (cupy.asnumpy(first) == expected.T[0]).all()
@@ -124,7 +126,7 @@ def test_a_fixed_program_costs_exactly_its_kernels_syncs_and_uploads():
         assert all(site.startswith("<string>:") for found in sites.values() for site in found)
         assert len(sites["syncs"]) == 2 and sum(counted.by_site["ops"].values()) == 10
     """)
-    assert out.split() == ["10", "2", "1", "1"]
+    assert out.split() == ["10", "2", "1", "2", "1"]
 
 
 def test_views_share_memory_and_cost_nothing():

@@ -1,6 +1,7 @@
 """The CuPy path: every layer case, whole models and optimizers on the GPU give what the
 NumPy path and PyTorch give. Skipped without CuPy and a CUDA GPU (run bench/gpu_checks.sh on
 a GPU machine)."""
+import os
 import sys
 
 import numpy as np
@@ -112,6 +113,19 @@ def fit(tmp_path, device, overrides, steps=4):
 @pytest.mark.parametrize("case", TRAINER_CASES)
 def test_trainer_runs_on_gpu(tmp_path, case):
     fit(tmp_path, "gpu", TRAINER_CASES[case])
+
+
+@pytest.mark.skipif(os.environ.get("DIST_NN_CUPY_STANDIN") != "1",
+                    reason="counts generators on the CuPy stand-in")
+def test_dropout_draws_from_generators_quick_to_set_up(tmp_path):
+    """Dropout's generator is re-derived each step (masks a function of seed, rank and step:
+    exact resume): on Philox, set up in O(1), not default_rng's XORWOW (a skip-ahead per
+    state, ms a step)."""
+    from cupy import _standin
+    with _standin.counting() as counted:
+        fit(tmp_path, "gpu", ["model.name=cnn", "model.dropout=0.5"])
+    assert counted.generators_created >= 4  # one a step at least
+    assert counted.slow_generator_setups == 0, dict(counted.by_site["slow_generator_setups"])
 
 
 def test_trainer_on_gpu_equals_cpu_in_float64(tmp_path):

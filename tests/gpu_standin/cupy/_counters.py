@@ -1,5 +1,5 @@
 """What the stand-in has counted: device operations (kernel launches), host syncs, uploads,
-random generators created and pinned host allocations, each with the call sites that caused
+random generators created (and those slow to set up) and pinned host allocations, each with the call sites that caused
 them. The rules for what counts live elsewhere (_costs.py: kernels; cuda/_context.py: syncs
 and uploads); this module only keeps the tally."""
 import collections
@@ -11,7 +11,8 @@ import threading
 
 import numpy
 
-KINDS = ("ops", "syncs", "uploads", "generators_created", "pinned_allocations")
+KINDS = ("ops", "syncs", "uploads", "generators_created", "slow_generator_setups",
+         "pinned_allocations")
 
 
 @dataclasses.dataclass(eq=False)  # blocks are told apart by identity
@@ -22,6 +23,7 @@ class Counts:
     syncs: int = 0
     uploads: int = 0
     generators_created: int = 0
+    slow_generator_setups: int = 0  # XORWOW's and MRG32k3a's (cupy/random)
     pinned_allocations: int = 0
     by_site: dict = dataclasses.field(
         default_factory=lambda: {kind: collections.Counter() for kind in KINDS})

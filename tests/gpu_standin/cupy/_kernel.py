@@ -140,6 +140,9 @@ def _compile(source, name):
     if key not in _compiled:
         library = os.path.join(_BUILD_DIR, key + ".so")
         if not os.path.exists(library):
+            if shutil.which("g++") is None:
+                raise RuntimeError("the CuPy stand-in compiles kernels with g++: install it "
+                                   "(apt-get install g++)")
             os.makedirs(_BUILD_DIR, exist_ok=True)
             work = tempfile.mkdtemp(dir=_BUILD_DIR)
             with open(os.path.join(work, "kernel.cpp"), "w") as file:
