@@ -15,6 +15,7 @@ from tests.reference import fixtures, layers
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not backend.gpu_available(), reason="needs CuPy and a CUDA GPU")]
+ON_STANDIN = os.environ.get("DIST_NN_CUPY_STANDIN") == "1"
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in layers.CASES])
@@ -115,8 +116,7 @@ def test_trainer_runs_on_gpu(tmp_path, case):
     fit(tmp_path, "gpu", TRAINER_CASES[case])
 
 
-@pytest.mark.skipif(os.environ.get("DIST_NN_CUPY_STANDIN") != "1",
-                    reason="counts generators on the CuPy stand-in")
+@pytest.mark.skipif(not ON_STANDIN, reason="counts generators on the CuPy stand-in")
 def test_dropout_draws_from_generators_quick_to_set_up(tmp_path):
     """Dropout's generator is re-derived each step (masks a function of seed, rank and step:
     exact resume): on Philox, set up in O(1), not default_rng's XORWOW (a skip-ahead per
@@ -140,6 +140,9 @@ def test_trainer_on_gpu_equals_cpu_in_float64(tmp_path):
 
 
 @needs_mpi
+@pytest.mark.skipif(not ON_STANDIN and (not backend.gpu_available()
+                                        or backend.cupy.cuda.runtime.getDeviceCount() < 2),
+                    reason="needs 2 GPUs (or the stand-in's)")
 def test_two_ranks_train_through_nccl_with_zero_and_the_recipe(tmp_path):
     """`python -m dist_nn.train` on two ranks, one GPU each: NCCL, ZeRO-1, fp16, clipping,
     EMA and SyncBN; exit 0 with the final checkpoint on disk."""
