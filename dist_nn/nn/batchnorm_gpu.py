@@ -1,7 +1,7 @@
 """BatchNorm on a GPU: the formulas of batchnorm.py, each pass one CuPy kernel (CUDA C++
 through cupy.ElementwiseKernel / ReductionKernel), so that a layer in training launches 3
 kernels forward and 3 backward (plus one collective each way when synchronised) instead of
-~50 and ~35 small array operations (docs/design.md §3.8).
+~50 and ~35 small array operations (docs/design.md §3.10).
 
 Forward: one reduction gives per channel [sum x, sum x^2, count] (float64 sums: E[x^2] -
 E[x]^2 then keeps float32 data's variance without cancellation); one kernel over the
