@@ -77,6 +77,8 @@ def main(argv=None):
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                         help="the program each rank runs, with its arguments")
     args = parser.parse_args(argv)
+    if args.ranks < 1:
+        parser.error(f"-n must be at least 1, got {args.ranks}")
     if not args.argv:
         parser.error("no command to run")
     try:

@@ -48,3 +48,11 @@ def test_ranks_start_with_the_threads_asked_for(monkeypatch):
                       capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[[2], [2]]"
+
+
+@pytest.mark.parametrize("ranks", ["0", "-1"])
+def test_fewer_than_one_rank_is_refused(ranks, capsys):
+    with pytest.raises(SystemExit) as exited:
+        mpirun.main(["-n", ranks, sys.executable, "-c", "pass"])
+    assert exited.value.code == 2
+    assert f"-n must be at least 1, got {ranks}" in capsys.readouterr().err
