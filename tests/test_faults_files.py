@@ -2,11 +2,13 @@
 a full file system, bytes changed in a data file during a run, files that lie (a huge
 declared shape, a forged or unsigned checkpoint, a hostile pickle) and bad config values.
 Each ends in one message and its exit code, and what was saved before survives."""
+import contextlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -86,16 +88,37 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
     assert steps_on_disk(path) == [2]
 
 
-def fill(disk):
-    """Fill a file system to its last byte; returns the filler file."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as file:
-        try:
-            while True:
+@contextlib.contextmanager
+def full(disk):
+    """A file system kept full to its last page while the block runs: what a run frees (a
+    rolled-back metrics line, a temporary file) is taken again at once, as on a disk other
+    writers fill. Yields the filler file."""
+    filler, stop = disk / "filler", threading.Event()
+    file = open(filler, "wb", buffering=0)
+
+    def take_what_is_free():
+        while True:
+            try:
                 file.write(b"\0" * 4096)
-        except OSError:
-            pass
-    return filler
+            except OSError:
+                if stop.wait(0.005):
+                    return
+    taken = threading.Thread(target=take_what_is_free, daemon=True)
+    try:
+        while True:  # full before the block starts
+            file.write(b"\0" * 4096)
+    except OSError:
+        pass
+    taken.start()
+    try:
+        yield filler
+    finally:
+        stop.set()
+        taken.join()
+        file.close()
+
+
+END = 400  # within the 20 epochs of 22 steps
 
 
 def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny_tmpfs):
@@ -106,22 +129,23 @@ def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny
         pytest.importorskip(package, reason=f"the dev extra's {package} is not installed")
     disk = tiny_tmpfs("4m")
     path = disk / "run"
-    run_args = [*SMALL, "checkpoint.every_steps=5", "train.max_steps=60", "log.plots=true",
+    # max_steps: far beyond step 12, where the ranks are stopped (a step takes ~2 ms)
+    run_args = [*SMALL, "checkpoint.every_steps=5", f"train.max_steps={END}", "log.plots=true",
                 "log.tensorboard=on"]
     job = start(path, *run_args, "train.watchdog_s=60")
     wait_for_step(path, 12, job)
     ranks = [rank_pid(path, rank) for rank in range(2)]
     for pid in ranks:  # held while the disk fills: a step takes less than the filling
         os.kill(pid, signal.SIGSTOP)
-    filler = fill(disk)
-    for pid in ranks:
-        os.kill(pid, signal.SIGCONT)
-    code, out, err = finish(job, 180)
-    assert code == 4, err
+    with full(disk) as filler:
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
+        code, out, err = finish(job, 180)
+    assert code == 4, f"exit {code}\n{out}\n{err}"
     last = steps_on_disk(path)[0]
-    assert 10 <= last < 60
-    said_once(err, f"error: the final checkpoint (step 60) could not be written (cannot write "
-                   f"the checkpoint {path}/checkpoints/step-000000060.h5: No space left on "
+    assert 10 <= last < END
+    said_once(err, f"error: the final checkpoint (step {END}) could not be written (cannot "
+                   f"write the checkpoint {path}/checkpoints/step-{END:09d}.h5: No space left on "
                    f"device); the newest on disk is {path}/checkpoints/step-{last:09d}.h5")
     said_once(out, f"warning: could not write {path / 'metrics.jsonl'} (No space left on "
                    "device)")
@@ -132,7 +156,7 @@ def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny
     code, out, err = run(path, *run_args, "--resume", "auto")
     assert code == 0, err
     assert f"resumed from {path}/checkpoints/step-{last:09d}.h5 at epoch" in out
-    assert steps_on_disk(path)[0] == 60
+    assert steps_on_disk(path)[0] == END
 
 
 def big_data(path, n=4096):

@@ -4,6 +4,7 @@ CUDA-aware MPI asked for but missing is one message and exit 2 on every rank; ea
 is chosen from the launcher's local rank before MPI starts; a device buffer reaches a
 CUDA-aware MPI only after its stream is synchronised."""
 import json
+import re
 import sys
 import textwrap
 import time
@@ -60,7 +61,8 @@ PLACEMENT = """
     import cupy
     cupy.ones(3).sum()
     seen.update(rank=world.local_rank, used=_standin.devices_used())
-    print(json.dumps(seen))
+    sys.stdout.write(json.dumps(seen) + "\\n")
+    sys.stdout.flush()
     process.allow_exit()
 """
 
@@ -71,7 +73,8 @@ def test_each_rank_uses_the_gpu_of_its_local_rank_chosen_before_mpi_starts():
                       env=standin_env(DIST_NN_STANDIN_GPUS="2"), capture_output=True,
                       text=True, timeout=240, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
-    ranks = sorted((json.loads(line) for line in done.stdout.splitlines()),
+    # one object a rank; the launcher may join the ranks' lines
+    ranks = sorted((json.loads(found) for found in re.findall(r"\{[^{}]*\}", done.stdout)),
                    key=lambda seen: seen["rank"])
     assert [seen["used"] for seen in ranks] == [[0], [1]]  # rank 1 never touched GPU 0
     assert [seen["at_mpi_start"] for seen in ranks] == [0, 1]
