@@ -164,6 +164,17 @@ def read(path):
                     ema)
 
 
+def run_id(path):
+    """The run id recorded in the checkpoint at `path` (its meta only, unverified: the owner
+    of a directory, not data to train on), or None when it has none or cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            found = json.loads(f.attrs.get("meta", "{}")).get("run_id")
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 def _regular_file(path):
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
@@ -216,14 +227,21 @@ def newest_valid(directory, warn=print):
     return None
 
 
-def save_step(directory, step, model_state, optimizer_state, meta, keep, ema_state=None):
-    """Write step-<step>.h5 and delete all but the newest `keep` step checkpoints."""
+def save_step(directory, step, model_state, optimizer_state, meta, keep, ema_state=None,
+              warn=print):
+    """Write step-<step>.h5 and delete all but the newest `keep` step checkpoints. A write
+    that fails raises CheckpointWriteError; an old file that cannot be deleted is only
+    said through `warn` (the new checkpoint is on disk all the same)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = write(directory / f"step-{step:09d}.h5", model_state, optimizer_state, meta,
                  ema_state)
     for _, old in step_checkpoints(directory)[keep:]:
-        old.unlink(missing_ok=True)
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as error:
+            warn(f"warning: could not delete the old checkpoint {old} ({fs.reason(error)}); "
+                 "it stays", flush=True)
     return path
 
 

@@ -1,6 +1,8 @@
-"""File-system failures in few words: a full disk, a read-only mount, a lost permission."""
+"""File-system failures in few words: a full disk, a read-only mount, a lost permission; and
+a text file written atomically."""
 import os
 import re
+from pathlib import Path
 
 
 def reason(error):
@@ -12,3 +14,15 @@ def reason(error):
         found = re.search(r"errno = (\d+)", str(error))
         number = int(found.group(1)) if found else None
     return os.strerror(number) if number else str(error)
+
+
+def write_atomically(path, text):
+    """Write `text` to `path` through a temporary file renamed over it: readers see the old
+    file or the new one, never a part (the temporary is removed when the write fails)."""
+    partial = Path(f"{path}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise

@@ -5,8 +5,9 @@ Configuration comes from the defaults, then --config FILE.toml, then `section.ke
 overrides (every key, its type, default and meaning: docs/configuration.md, or
 `python -m dist_nn.config --reference`). Exit status: 0 finished with its final checkpoint
 on disk; 2 configuration or data error; 3 stopped by a guard (NaN/Inf, diverging loss);
-4 finished but the final checkpoint could not be written; 75 preempted after a checkpoint
-(requeue); 130 interrupted by Ctrl-C after a checkpoint; anything else: the job aborted.
+4 finished or stopped, but the checkpoint of the step reached could not be written; 75
+preempted (requeue) and 130 interrupted by Ctrl-C, with the step reached on disk or nothing
+trained yet; anything else: the job aborted.
 """
 if __name__ == "__main__":  # first of all: a stop signal during the imports below is kept
     from .signals import PreemptionSignal
@@ -20,7 +21,7 @@ from . import distributed
 from .data import DataError, DataReadError
 from .monitor.guards import TrainingStopped
 from .signals import PreemptionSignal
-from .trainer import EXIT_CONFIG, EXIT_STOPPED, FinalCheckpointLost, StoppedBySignal, Trainer
+from .trainer import EXIT_CONFIG, EXIT_STOPPED, CheckpointLost, StoppedBySignal, Trainer
 
 __all__ = ["EXIT_CONFIG", "EXIT_STOPPED", "main"]
 
@@ -78,7 +79,7 @@ def main(argv=None):
         if comm.rank == 0:
             print(f"stopped: {stop}", file=sys.stderr)
         return EXIT_STOPPED
-    except FinalCheckpointLost as lost:
+    except CheckpointLost as lost:
         if comm.rank == 0:
             print(f"error: {lost.message}", file=sys.stderr)
         return lost.code

@@ -13,6 +13,7 @@ agreed through the per-step allreduce.
 import contextlib
 import math
 import time
+from pathlib import Path
 
 from . import backend, checkpoint, config as configuration, distributed, models, nn, optim
 from . import run_dir, saved
@@ -24,11 +25,12 @@ from .monitor import MetricsLog, Progress, plot_run, plural
 from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              gradient_check_report, initial_loss_warning, nonfinite_report,
                              write_debug_report)
+from .resume import resumed_config
 from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 from .signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, PreemptionSignal
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
-EXIT_UNSAVED = 4  # finished, but the final checkpoint could not be written
+EXIT_UNSAVED = 4  # finished or stopped, but the checkpoint of the step reached is lost
 
 
 class StoppedBySignal(SystemExit):
@@ -37,13 +39,19 @@ class StoppedBySignal(SystemExit):
     130 interrupted (SIGINT, Ctrl-C). Uncaught, the process exits with it."""
 
 
-class FinalCheckpointLost(SystemExit):
-    """The run finished but its final checkpoint could not be written (a full disk): exit 4,
-    never 0, which promises the final checkpoint is on disk. `message` says what is."""
+class CheckpointLost(SystemExit):
+    """The run finished, or a signal stopped it, but the checkpoint of the step reached could
+    not be written (a full disk): exit 4, never 0 (the final checkpoint is on disk) nor 75/130
+    (a restart loses nothing). `message` says what failed and the newest checkpoint on disk."""
 
     def __init__(self, message):
         super().__init__(EXIT_UNSAVED)
         self.message = message
+
+
+def newest_on_disk(on_disk):
+    return f"the newest checkpoint on disk is {on_disk['path']}" if on_disk["path"] else \
+        "no checkpoint of this run is on disk"
 
 
 class Trainer:
@@ -56,11 +64,14 @@ class Trainer:
 
     def __init__(self, config=None, overrides=(), model=None, *, resume=None, debug=False,
                  comm=None):
-        if isinstance(config, configuration.Config):
+        self.resumed = None  # the checkpoint --resume found (read before MPI), or None
+        if isinstance(config, configuration.Config):  # complete: nothing comes from a checkpoint
             config = configuration.loads(configuration.to_toml(config), overrides,
                                          resume=resume)
+        elif resume:
+            config, self.resumed = resumed_config(config, overrides, resume)
         else:
-            config = configuration.load(config, overrides, resume=resume)
+            config = configuration.load(config, overrides)
         self.config, self.given_model, self.resume, self.debug = config, model, resume, debug
         self.preemption = PreemptionSignal()  # before MPI's start-up: kept
         self.comm = comm or distributed.setup(config.train.comm, config.train.device,
@@ -77,11 +88,16 @@ class Trainer:
         run_dir, step, epoch, train_loss/train_accuracy and, with a validation split,
         val_loss/val_accuracy. Raises ConfigError/DataError (bad input; DataReadError: a read
         that failed on this rank only), TrainingStopped (a guard), StoppedBySignal (a signal,
-        after a checkpoint) or FinalCheckpointLost (finished, but the final checkpoint is not
+        after a checkpoint) or CheckpointLost (finished, but the final checkpoint is not
         on disk)."""
         try:
             self.build()
             self.restore()
+            if self.comm.rank == 0:  # accepted: the run directory records this start
+                self.run_dir.record_start(self.config, self.resumed and self.resumed.path,
+                                          self.resumed and self.resumed.run_id, warn=self.say)
+            self.log = self.open_metrics_log()
+            self.stop_if_signalled()  # one that came during start-up: before a step
             while not self.done():
                 self.train_epoch()
             self.finish()
@@ -110,7 +126,10 @@ class Trainer:
     def build(self):
         backend.use(dtype=self.config.train.dtype)
         configuration.check_world_size(self.config, self.comm.size)
-        self.run_dir = run_dir.claim(self.config, self.comm, self.resume, warn=self.say)
+        self.run_dir = run_dir.claim(self.config, self.comm, self.resume,
+                                     self.resumed and self.resumed.run_id,
+                                     warn=self.say)
+        self.config.log.run_dir = str(self.run_dir.path)  # recorded: resume finds it
         self.say(f"run directory: {self.run_dir.path}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
         self.build_data()
@@ -123,7 +142,6 @@ class Trainer:
                                     c.train.early_stopping_min_delta)
         self.epoch_totals = RunningTotals()  # saved: a resumed epoch is reported whole
         self.overfitted = False
-        self.log = self.open_metrics_log()
         self.started = time.perf_counter()
 
     def open_metrics_log(self):
@@ -216,16 +234,10 @@ class Trainer:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
     def restore(self):
-        """Continue from a checkpoint when asked to (--resume), then the --debug report."""
+        """Continue from the checkpoint --resume found, then the --debug report."""
         if self.resume:
-            path = self.checkpoint_to_resume()
-            if path is None:
-                self.say("no valid checkpoint in the run directory: starting from scratch")
-            else:
-                self.load_checkpoint(path)
-                self.on_disk.update(step=self.position.step, path=path)
-                self.say(f"resumed from {path} at epoch {self.position.epoch}, step "
-                         f"{self.position.step}")
+            self.resume_checkpoint()
+        self.start_step = self.position.step  # a stop before it loses nothing
         if self.debug:
             if self.given_model is not None:
                 self.say("--debug: no gradient check of a model given to Trainer (it is "
@@ -234,37 +246,50 @@ class Trainer:
                 self.say(gradient_check_report(self.config, self.model, self.train_split,
                                                self.loss_fn))
 
-    def checkpoint_to_resume(self):
-        """The checkpoint --resume names, the same on every rank: with "auto" the newest one
-        of the run directory that verifies (None when there is none), else the path given."""
-        chosen = None
-        if self.comm.rank == 0:
-            if self.resume == "auto":
-                found = checkpoint.newest_valid(self.run_dir.checkpoints, warn=self.say)
-                chosen = str(found[0]) if found else None
-            else:
-                chosen = str(self.resume)
-        return self.comm.bcast_obj(chosen)
+    def resume_checkpoint(self):
+        """Load the checkpoint every rank chose before MPI (the same one, or a ConfigError on
+        every rank) and say what differs from its recorded config."""
+        resumed = self.resumed
+        chosen = self.comm.allgather_obj(resumed and resumed.path)
+        if len(set(chosen)) > 1:
+            raise configuration.ConfigError(
+                f"the ranks found different checkpoints to resume "
+                f"({sorted(set(map(str, chosen)))}): the run directory must be on a file "
+                "system every rank sees alike")
+        if resumed is None:
+            self.say("no valid checkpoint in the run directory: starting from scratch")
+            return
+        for warning in resumed.warnings:
+            self.say(warning)
+        self.load_checkpoint(resumed.path, resumed.contents)
+        self.resumed.contents = None  # the arrays are in the model now
+        if Path(resumed.path).resolve().parent == self.run_dir.checkpoints.resolve():
+            self.on_disk.update(step=self.position.step, path=resumed.path)
+        self.say(f"resumed from {resumed.path} at epoch {self.position.epoch}, step "
+                 f"{self.position.step}")
 
-    def load_checkpoint(self, path):
-        """Load the model, the optimizer and the run's state from `path`, on every rank;
-        ConfigError when it cannot be used. The keys whose value differs from the
-        checkpoint's config are said (the values given now take effect)."""
+    def load_checkpoint(self, path, contents):
+        """Load the model, the optimizer and the run's state from `contents` (read from
+        `path`), on every rank; ConfigError when it cannot be used. The optimizer's
+        hyper-parameters and the schedules' base values stay this config's: the values that
+        differ from the checkpoint's recorded config take effect (and are said)."""
         try:
-            contents = checkpoint.read(path)
             model_state, optimizer_state, meta = contents
             checkpoint.check_meta(meta, path)
             if optimizer_state is None:
                 raise checkpoint.CheckpointError(f"{path} holds no optimizer state")
             self.model.load_state_dict(model_state)
+            configured = {name: getattr(self.opt, name) for name in self.opt.hyperparameters}
             self.opt.load_state_dict(optimizer_state)
+            for name, value in configured.items():
+                setattr(self.opt, name, value)
             self.load_state_dict(meta["trainer"], contents.ema)
         except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as error:
             raise configuration.ConfigError(f"cannot resume from {path}: {error}") from None
         differences = configuration.changes(meta["config"], self.config)
         if differences:
-            self.say(f"resuming with a config that differs from the checkpoint's; the values "
-                     f"given now take effect: {differences}", flush=True)
+            self.say(f"resuming with values that differ from the checkpoint's config; they "
+                     f"take effect: {differences}", flush=True)
 
     def state_dict(self):
         """The run's state beside the model's and the optimizer's arrays: each part's own
@@ -414,17 +439,31 @@ class Trainer:
             self.progress.update(self.position.steps_in_epoch, **values, lr=self.opt.lr)
             self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
 
+    def stop_if_signalled(self):
+        """Stop now, on every rank alike, if any rank received a stop signal (the steps
+        decide this in their own allreduce)."""
+        votes = self.comm.allgather_obj(self.preemption.votes())
+        stop = self.preemption.exit_code([sum(column) for column in zip(*votes)])
+        if stop:
+            self.stop_for_signal(stop)
+
     def stop_for_signal(self, code):
-        """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue)."""
-        distributed.allow_exit()  # the other ranks may leave while rank 0 writes
-        self.save()
+        """Checkpoint, then leave with 130 (Ctrl-C) or 75 (preemption: requeue) when a
+        restart loses nothing (the step reached is on disk, or no step was trained since the
+        start); else exit 4, saying what failed and the newest checkpoint on disk."""
         step = self.position.step
-        received = self.preemption.received or "signal on another rank"
-        written = f"checkpoint of step {step} written" if self.on_disk["step"] == step else \
-            f"the checkpoint of step {step} could not be written, the newest on disk is " \
-            f"{self.on_disk['path']}"
-        self.say(f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} ({received}): "
-                 f"{written}; exiting with {code}"
+        if step > self.start_step:  # else nothing to lose, nothing to write
+            self.save()
+        unsaved = self.unsaved()
+        distributed.allow_exit()  # rank 0's verdict is known: the others may leave
+        stopped = f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} " \
+                  f"({self.preemption.received or 'signal on another rank'})"
+        if unsaved and step > self.start_step:
+            raise CheckpointLost(f"{stopped} at step {step}, but {unsaved}: a restart "
+                                      f"would lose steps; exiting with {EXIT_UNSAVED}")
+        kept = f"the checkpoint of step {step} is on disk" if not unsaved else \
+            f"no step trained since the start (step {step}): nothing to lose"
+        self.say(f"{stopped}: {kept}; exiting with {code}"
                  + (" for the job script to requeue" if code == EXIT_PREEMPTED else ""),
                  flush=True)
         raise StoppedBySignal(code)
@@ -485,7 +524,8 @@ class Trainer:
 
     def save(self, name=None):
         """Rank 0 writes the step checkpoint (or `name`, e.g. best.h5); a failed write keeps
-        the previous checkpoints and training goes on."""
+        the previous checkpoints, is said with the file and the newest on disk, and training
+        goes on (the end of the run or a stop signal decides what it costs)."""
         # sharded, the optimizer state is gathered on rank 0 with every rank taking part
         optimizer_state = self.opt.state_dict() \
             if self.config.optim.shard or self.comm.rank == 0 else None
@@ -493,41 +533,43 @@ class Trainer:
             return
         step = self.position.step
         meta = {"trainer": self.state_dict(), "config": configuration.to_toml(self.config),
-                "world_size": self.comm.size, "model_given": self.given_model is not None}
+                "run_id": self.run_dir.run_id, "world_size": self.comm.size,
+                "model_given": self.given_model is not None}
         ema = self.recipe.ema.state_dict() if self.recipe.ema else None
         content = (self.model.state_dict(), optimizer_state, meta)
         try:
             if name is None:
                 path = checkpoint.save_step(self.run_dir.checkpoints, step, *content,
-                                            self.config.checkpoint.keep, ema)
+                                            self.config.checkpoint.keep, ema, warn=self.say)
                 self.on_disk.update(step=step, path=str(path), error=None)
             else:
                 checkpoint.write(self.run_dir.checkpoints / name, *content, ema)
         except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
-            self.on_disk["error"] = str(error)
-            self.say(f"warning: could not write the checkpoint of step {step} "
-                     f"({error}); the previous checkpoints are intact", flush=True)
+            failure = str(error) if isinstance(error, checkpoint.CheckpointWriteError) else \
+                str(checkpoint.CheckpointWriteError(error.filename or f"of step {step}", error))
+            if name is None:
+                self.on_disk["error"] = failure
+            self.say(f"warning: {failure}; {newest_on_disk(self.on_disk)}", flush=True)
 
-    def missing_final_checkpoint(self):
-        """Why the last step has no checkpoint on disk (rank 0's verdict, on every rank), or
-        None when it has one."""
+    def unsaved(self):
+        """Rank 0's record of the checkpoints on disk, on every rank: None when the step
+        reached has its checkpoint there, else what failed and the newest on disk."""
         on_disk = self.comm.bcast_obj(self.on_disk if self.comm.rank == 0 else None)
         if on_disk["step"] == self.position.step:
             return None
-        newest = f"the newest on disk is {on_disk['path']}" if on_disk["path"] else \
-            "no checkpoint of this run is on disk"
-        return (f"the final checkpoint (step {self.position.step}) could not be written "
-                f"({on_disk['error']}); {newest}")
+        return (f"the checkpoint of step {self.position.step} could not be written "
+                f"({on_disk['error']}); {newest_on_disk(on_disk)}")
 
     def finish(self):
-        """The final checkpoint (when the last step has none on disk yet: a step budget that
-        ended mid-epoch, or a failed write tried once more), the final validation when this
+        """The final checkpoint (when the last step has none in this run directory yet: a
+        step budget that ended mid-epoch, a failed write tried once more, a finished run
+        resumed into a new directory), the final validation when this
         process has not run one (a resumed run that had already ended), plots."""
-        if self.out_of_steps() and self.missing_final_checkpoint():
+        if self.unsaved():  # e.g. a finished run resumed into a new directory
             self.save()
         if self.val_loader and "val_loss" not in self.metrics:
             self.validate("final")
-        missing = self.missing_final_checkpoint()
+        missing = self.unsaved()
         distributed.allow_exit()  # the last collective is behind: the others may leave
         if self.comm.rank == 0 and self.config.log.plots:  # from the flushed metrics.jsonl
             try:
@@ -535,6 +577,6 @@ class Trainer:
             except RuntimeError as error:
                 self.say(f"warning: no plots: {error}")
         if missing:  # exit 4, never 0: 0 promises the final checkpoint is on disk
-            raise FinalCheckpointLost(missing)
+            raise CheckpointLost(f"the run finished, but {missing}")
         self.say(f"done: {plural(self.position.step, 'step')}, "
                  f"{plural(self.position.epoch, 'epoch')}; run directory {self.run_dir.path}")

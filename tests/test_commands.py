@@ -1,6 +1,7 @@
 """The commands a user runs: their --help, and the console scripts of an installed dist_nn run
 from a directory outside the repository (pyproject.toml, setup.py)."""
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -49,16 +50,34 @@ SOURCE_IGNORED = shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "
                                         ".pytest_cache", ".venv")
 
 
+def builds_wheels_offline():
+    """Whether this environment's setuptools builds a wheel by itself (>= 70.1 has
+    bdist_wheel; older ones need the `wheel` package): then pip needs no build isolation,
+    which would fetch setuptools from the index."""
+    try:
+        setuptools = importlib.metadata.version("setuptools")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major, minor = (int(part) for part in setuptools.split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module", params=["editable", "wheel"])
 def installed(request, tmp_path_factory):
-    """A throwaway virtual environment (with this Python's packages) holding dist_nn installed
-    from a copy of this checkout: `pip install -e .` or `pip install .`."""
+    """A throwaway virtual environment that sees this environment's packages (the suite may
+    run in a user's venv: a venv's system_site_packages would show the base Python's instead)
+    holding dist_nn installed from a copy of this checkout: `pip install -e .` or
+    `pip install .`."""
     base = tmp_path_factory.mktemp(request.param)
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=SOURCE_IGNORED)
-    venv.create(base / "venv", system_site_packages=True, with_pip=False)
+    venv.create(base / "venv", with_pip=False)
     python = base / "venv" / "bin" / "python"
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    outer = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
+    Path(own, "outer_environment.pth").write_text("\n".join(outer) + "\n")
+    isolation = ["--no-build-isolation"] if builds_wheels_offline() else []
     editable = ["-e"] if request.param == "editable" else []
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", *isolation, *editable,
                     str(source)], check=True, timeout=600, cwd=base)

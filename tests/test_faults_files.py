@@ -73,12 +73,11 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
     said_once(err, f"the run directory {path} holds another run's checkpoints (step-")
     assert steps_on_disk(path) == saved
 
-    code, out, err = run(path, *SMALL, "train.epochs=500", f"train.max_steps={saved[0] + 3}",
-                         "optim.lr=0.01", "--resume", "auto")
+    code, out, err = run(path, f"train.max_steps={saved[0] + 3}", "optim.lr=0.01", "--resume",
+                         "auto")  # the rest comes from the run's own config
     assert code == 0, err
-    said_once(out, "resuming with a config that differs from the checkpoint's; the values "
-                   f"given now take effect: optim.lr: 0.05 -> 0.01; train.max_steps: 0 -> "
-                   f"{saved[0] + 3}")
+    said_once(out, "resuming with values that differ from the checkpoint's config; they take "
+                   f"effect: optim.lr: 0.05 -> 0.01; train.max_steps: 0 -> {saved[0] + 3}")
     meta = checkpoint.read(checkpoint.step_checkpoints(path / "checkpoints")[0][1])[2]
     assert meta["trainer"]["position"]["step"] == saved[0] + 3 and "lr = 0.01" in meta["config"]
 
@@ -144,9 +143,10 @@ def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny
     assert code == 4, f"exit {code}\n{out}\n{err}"
     last = steps_on_disk(path)[0]
     assert 10 <= last < END
-    said_once(err, f"error: the final checkpoint (step {END}) could not be written (cannot "
-                   f"write the checkpoint {path}/checkpoints/step-{END:09d}.h5: No space left on "
-                   f"device); the newest on disk is {path}/checkpoints/step-{last:09d}.h5")
+    said_once(err, f"error: the run finished, but the checkpoint of step {END} could not be "
+                   f"written (cannot write the checkpoint {path}/checkpoints/step-{END:09d}.h5: "
+                   f"No space left on device); the newest checkpoint on disk is "
+                   f"{path}/checkpoints/step-{last:09d}.h5")
     said_once(out, f"warning: could not write {path / 'metrics.jsonl'} (No space left on "
                    "device)")
     # the CSV row may still fit in what the rolled-back JSONL line freed: at most once
@@ -157,6 +157,47 @@ def test_a_full_file_system_is_survived_and_a_lost_final_checkpoint_exits_4(tiny
     assert code == 0, err
     assert f"resumed from {path}/checkpoints/step-{last:09d}.h5 at epoch" in out
     assert steps_on_disk(path)[0] == END
+
+
+def test_a_preemption_that_cannot_checkpoint_exits_4_not_75(tiny_tmpfs):
+    """Preempted on a full disk, with no checkpoint ever written: a requeue would start from
+    scratch, so the run says so and exits 4, not 75."""
+    disk = tiny_tmpfs("4m")
+    path = disk / "run"
+    with full(disk):
+        job = start(path, *SMALL, "train.epochs=500", "train.watchdog_s=60")
+        for line in job.stderr:  # the progress lines: steps are being trained
+            if "step 30 " in line:
+                break
+        os.kill(rank_pid(path, 1), signal.SIGTERM)
+        code, out, err = finish(job, 60)
+    assert code == 4, f"exit {code}\n{out}\n{err}"
+    assert steps_on_disk(path) == []
+    said_once(err, "error: preempted (signal on another rank) at step ")
+    assert f"could not be written (cannot write the checkpoint {path}/checkpoints/step-" in err
+    assert ("No space left on device); no checkpoint of this run is on disk: a restart would "
+            "lose steps; exiting with 4") in err
+
+
+def test_an_old_checkpoint_that_cannot_be_deleted_is_a_warning(tmp_path):
+    """Pruning that fails (an immutable file) costs nothing: the new checkpoints are written,
+    the newest is named truly, and the run exits 0."""
+    path = tmp_path / "run"
+    code, out, err = run(path, *SMALL, "checkpoint.every_steps=5", "checkpoint.keep=1",
+                         "train.max_steps=5")
+    assert code == 0, err
+    stuck = path / "checkpoints" / "step-000000005.h5"
+    if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root and a file system that supports it")
+    try:
+        code, out, err = run(path, "train.max_steps=15", "--resume", "auto")
+        assert code == 0, f"exit {code}\n{out}\n{err}"
+        assert out.count(f"warning: could not delete the old checkpoint {stuck} (Operation "
+                         "not permitted); it stays") == 2
+        assert steps_on_disk(path) == [15, 5]
+        assert f"done: 15 steps" in out
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)])
 
 
 def big_data(path, n=4096):

@@ -81,12 +81,13 @@ def test_sigterm_to_the_launcher_checkpoints_and_leaves_no_process(tmp_path):
 @pytest.mark.parametrize("sig", ["SIGUSR1", "SIGTERM"])
 def test_a_preemption_signal_during_start_up_is_kept(tmp_path, phase, sig):
     """Rank 1 alone gets the signal while importing NumPy, inside MPI's start-up or opening
-    the data: no crash, and the run stops at its first step with a checkpoint and 75."""
+    the data: no crash, and the run stops before its first step with 75, nothing lost."""
     code, out, err = finish(start(tmp_path / "run", *RUN, "train.max_steps=400",
                                   fault=["signal", sig, phase]))
     assert code == 75, f"{code}\n{out}\n{err}"
-    assert "preempted (signal on another rank): checkpoint of step 1 written" in out
-    assert steps_saved(tmp_path / "run") == [1]
+    assert ("preempted (signal on another rank): no step trained since the start (step 0): "
+            "nothing to lose; exiting with 75 for the job script to requeue") in out
+    assert steps_saved(tmp_path / "run") == []
 
 
 def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path):
@@ -97,7 +98,7 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path):
     job.send_signal(signal.SIGINT)
     code, out, err = finish(job, timeout=30)
     assert code == 130, err
-    assert "interrupted (SIGINT): checkpoint of step" in out
+    assert "interrupted (SIGINT): the checkpoint of step" in out
     assert "Traceback" not in err and steps_saved(tmp_path / "run")[0] >= 6
 
 

@@ -5,6 +5,7 @@ keys, all here), saved as TOML.
 `python -m dist_nn.config` checks a command line exactly as `dist_nn.train` does;
 `python -m dist_nn.config --reference` writes docs/configuration.md.
 """
+import copy
 import dataclasses
 import json
 import math
@@ -89,29 +90,41 @@ def _parse_value(text):
         return text
 
 
-def load(path=None, overrides=(), resume=None):
-    """Defaults, then the TOML file at `path`, then `section.key=value` overrides, validated
-    (`resume`: the run's --resume, which some rules involve)."""
-    text = ""
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: "
-                              f"{error.object[error.start:error.start + 1]!r})") from None
-    return loads(text, overrides, source=path or "config", resume=resume)
+def load(path=None, overrides=(), resume=None, base=None):
+    """Defaults (or `base`), then the TOML file at `path`, then `section.key=value`
+    overrides, validated (`resume`: the run's --resume, which some rules involve)."""
+    return loads(read_text(path), overrides, source=path or "config", resume=resume, base=base)
 
 
-def loads(text, overrides=(), source="config", resume=None):
+def read_text(path):
+    """The text of the TOML file at `path` ("" for None); ConfigError when unreadable."""
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.start}: "
+                          f"{error.object[error.start:error.start + 1]!r})") from None
+
+
+def loads(text, overrides=(), source="config", resume=None, base=None):
     """load() of a TOML document given as text (e.g. the config saved in a checkpoint)."""
+    config = compose(text, overrides, source, base)
+    validate(config, resume)
+    return config
+
+
+def compose(text, overrides=(), source="config", base=None):
+    """`base` (a Config, else the defaults) with the values of the TOML `text` and the
+    overrides set on top, each checked alone; the rules across keys are validate()'s."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source} is not valid TOML: {error}") from None
-    config = Config()
+    config = copy.deepcopy(base) if base is not None else Config()
     for section, values in document.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: top-level key {section!r} must be a [section]")
@@ -123,7 +136,6 @@ def loads(text, overrides=(), source="config", resume=None):
         if not equals or not dot:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         _set(config, section, key, _parse_value(text.strip()))
-    validate(config, resume)
     return config
 
 

@@ -26,7 +26,12 @@ def main(argv=None):
         print(reference(), end="")
         return 0
     try:
-        print(to_toml(load(args.config, args.overrides, args.resume)))
+        if args.resume:  # on top of the checkpoint's recorded config, as dist_nn.train does
+            from ..resume import resumed_config
+            config = resumed_config(args.config, args.overrides, args.resume)[0]
+        else:
+            config = load(args.config, args.overrides)
+        print(to_toml(config))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@ A schedule owns one optimizer attribute (`lr`, or `momentum` for MomentumRamp). 
 attribute's value at construction as the base value, sets it for t = 0 at once, and sets it
 for t + 1 on each `step()`: call step() once per optimizer step (or once per epoch, if the
 lengths below are given in epochs). Each value is a closed form of t (PlateauDecay reacts to
-a metric instead), so a schedule's whole state is t and the base value.
+a metric instead), so a schedule's whole state is t (and PlateauDecay's cuts). The base value
+is saved but not loaded: it is the configuration's (the optimizer's value when the schedule
+was built), so that a resumed run given a new learning rate uses it from where it stands.
 """
 import math
 
@@ -38,9 +40,10 @@ class Schedule:
         return {"t": self.t, "base": self.base}
 
     def load_state_dict(self, state):
+        """Continue from a state_dict() at its t, with this schedule's own base value."""
         state = saved.checked(state, f"schedule {type(self).__name__}", t=saved.COUNT,
                               base=saved.NUMBER)
-        self.t, self.base = state["t"], float(state["base"])
+        self.t = state["t"]
         self._apply()
 
 
@@ -178,10 +181,14 @@ class PlateauDecay(Schedule):
                 "bad_steps": self.bad_steps, "cooldown_left": self.cooldown_left}
 
     def load_state_dict(self, state):
+        """As Schedule's; the cuts made so far apply to this schedule's base (the saved lr
+        scaled by base / the saved base), never below min_lr."""
         state = saved.checked(state, "schedule PlateauDecay", current=saved.NUMBER,
                               best=saved.NUMBER_OR_INFINITY, bad_steps=saved.COUNT,
-                              cooldown_left=saved.COUNT)
-        self.current, self.best = float(state["current"]), float(state["best"])
+                              cooldown_left=saved.COUNT, base=saved.NUMBER)
+        cut = float(state["current"]) / state["base"] if state["base"] > 0 else 1.0
+        self.current = max(self.base * min(cut, 1.0), self.min_lr)
+        self.best = float(state["best"])
         self.bad_steps, self.cooldown_left = state["bad_steps"], state["cooldown_left"]
         super().load_state_dict(state)
 

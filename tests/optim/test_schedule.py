@@ -33,8 +33,8 @@ def test_plateau_cases_do_cut_the_lr():
         assert len(set(lrs.tolist())) >= 3, case
 
 
-def sgd(**kwargs):
-    return optim.SGD([Parameter(np.zeros(2))], lr=0.1, **kwargs)
+def sgd(lr=0.1, **kwargs):
+    return optim.SGD([Parameter(np.zeros(2))], lr=lr, **kwargs)
 
 
 def test_momentum_ramp():
@@ -97,3 +97,20 @@ def test_a_saved_state_that_lies_is_refused():
     plateau.load_state_dict(fresh)
     with pytest.raises(ValueError, match="best must be a number or"):
         plateau.load_state_dict({**fresh, "best": float("nan")})
+
+
+def test_a_resumed_schedule_takes_the_new_base_value_from_where_it_stands():
+    """A run resumed with a new learning rate: t and the plateau's cuts continue, the base is
+    the new one (as if the run had been launched with it)."""
+    old, new = optim.CosineDecay(sgd(lr=0.1), total=10), optim.CosineDecay(sgd(lr=0.05), total=10)
+    for _ in range(4):
+        old.step()
+    new.load_state_dict(old.state_dict())
+    assert new.t == 4 and new.optimizer.lr == pytest.approx(old.optimizer.lr / 2, rel=1e-12)
+    plateau = optim.PlateauDecay(sgd(lr=0.1), patience=0, factor=0.5)
+    for metric in (1.0, 2.0):  # no improvement: one cut
+        plateau.step(metric)
+    assert plateau.current == pytest.approx(0.05)
+    resumed = optim.PlateauDecay(sgd(lr=0.2), patience=0, factor=0.5)
+    resumed.load_state_dict(plateau.state_dict())
+    assert resumed.optimizer.lr == pytest.approx(0.1) and resumed.best == 1.0
