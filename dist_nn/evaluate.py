@@ -1,6 +1,9 @@
-"""`python -m dist_nn.evaluate CHECKPOINT --data PATH [--split val]`: loss, accuracy and the
-confusion matrix of a checkpoint's model on a data set. Under `mpirun -n N` each rank
-evaluates its share; sums and counts are reduced, so padding never counts twice."""
+"""`python -m dist_nn.evaluate CHECKPOINT --data PATH [--split val] [section.key=value ...]`:
+loss, accuracy and the confusion matrix of a checkpoint's model on a data set. The model is
+rebuilt from the checkpoint's recorded config, with the values given on top; a checkpoint
+that holds weights only (converted from PyTorch) needs its model named (model.name=...).
+Under `mpirun -n N` each rank evaluates its share; sums and counts are reduced, so padding
+never counts twice."""
 import argparse
 import sys
 from dataclasses import dataclass
@@ -54,6 +57,19 @@ On N ranks: python -m launch.mpirun -n N python -m dist_nn.evaluate CHECKPOINT -
 exit status: 0 evaluated; 2 an unreadable checkpoint or data file (one message)."""
 
 
+def recorded_config(path, meta, overrides):
+    """The config a checkpoint records, with `overrides` on top; ConfigError when it records
+    none (weights converted from PyTorch) and no model.name is given."""
+    recorded = meta.get("config", "")
+    if not isinstance(recorded, str):
+        raise configuration.ConfigError(f"{path}: its recorded config is not TOML text")
+    if not recorded and not any(o.startswith("model.name=") for o in overrides):
+        raise configuration.ConfigError(
+            f"{path} holds weights only, no training config (converted from PyTorch?): name "
+            "its model, e.g. model.name=resnet20 (and model.options.KEY=... as built)")
+    return configuration.loads(recorded, overrides, source=f"the config of {path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dist_nn.evaluate", description=__doc__,
                                      epilog=EPILOG,
@@ -63,13 +79,16 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="an HDF5 file, a glob of shards, digits")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--batch-size", type=int, default=256, help="per rank")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config values on top of the checkpoint's, e.g. model.name=resnet20 "
+                             "for a checkpoint converted from PyTorch (weights only)")
+    args = parser.parse_intermixed_args(argv)
     comm = distributed.setup("auto", "auto")
     from .build import data_path
     try:
         contents = checkpoint.read(args.checkpoint)
         model_state, _, meta = contents
-        config = configuration.loads(meta["config"])
+        config = recorded_config(args.checkpoint, meta, args.overrides)
         backend.use(dtype=config.train.dtype)
         if meta.get("model_given"):
             raise configuration.ConfigError(
@@ -78,9 +97,13 @@ def main(argv=None):
                 "load_state_dict(dist_nn.checkpoint.read(path)[0])")
         split = open_split(data_path(args.data, comm), args.split, comm)
         model = models.from_config(config.model, split.sample_shape, split.num_classes)
-        model.load_state_dict(contents.ema or model_state)  # the averaged weights if kept
-    except (checkpoint.CheckpointError, DataError, configuration.ConfigError, models.ModelError,
-            KeyError) as error:
+        try:
+            model.load_state_dict(contents.ema or model_state)  # the averaged weights if kept
+        except ValueError as error:
+            raise configuration.ConfigError(f"the weights of {args.checkpoint} do not fit "
+                                            f"model {config.model.name!r}: {error}") from None
+    except (checkpoint.CheckpointError, DataError, configuration.ConfigError,
+            models.ModelError) as error:
         if comm.rank == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2

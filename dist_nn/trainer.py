@@ -457,7 +457,7 @@ class Trainer:
         unsaved = self.unsaved()
         distributed.allow_exit()  # rank 0's verdict is known: the others may leave
         stopped = f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} " \
-                  f"({self.preemption.received or 'signal on another rank'})"
+                  f"({self.preemption.described() or 'signal on another rank'})"
         if unsaved and step > self.start_step:
             raise CheckpointLost(f"{stopped} at step {step}, but {unsaved}: a restart "
                                       f"would lose steps; exiting with {EXIT_UNSAVED}")

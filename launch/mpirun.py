@@ -8,10 +8,15 @@ preferred to the one on PATH, which may belong to another MPI than mpi4py was bu
 Each rank gets OMP_NUM_THREADS (and OpenBLAS's, MKL's) = cores / N, unless OMP_NUM_THREADS is
 already set: then that is honoured. With Open MPI's mpiexec, the flags it needs on a small
 machine or in a container are added: --oversubscribe (more ranks than cores) and, as root,
---allow-run-as-root. SIGTERM, SIGHUP (as SIGUSR1: preemption) and SIGINT to the launcher reach
-every rank, and the launcher waits for them (launch/job.py). The exit status is mpiexec's
-(that of the failing rank, if any).
+--allow-run-as-root. SIGTERM, SIGHUP (as SIGUSR1: preemption) and SIGINT (Ctrl-C; as SIGUSR2
+through Open MPI, whose mpiexec cannot pass it on) to the launcher reach every rank, and the
+launcher waits for them to checkpoint and stop; a second Ctrl-C kills the job at once, 130
+(launch/job.py). The exit status is mpiexec's (that of the failing rank, if any).
 """
+if __name__ == "__main__":  # first of all: a stop signal during the imports below is kept
+    from .job import note_stop_signals
+    note_stop_signals()
+
 import argparse
 import functools
 import os
@@ -85,7 +90,8 @@ def main(argv=None):
         launch = command(args.ranks, args.argv)
     except FileNotFoundError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    sys.exit(supervise(launch, rank_environment(args.ranks)))
+    sys.exit(supervise(launch, rank_environment(args.ranks), is_open_mpi(launch[0]),
+                       args.ranks))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -87,10 +89,7 @@ def installed(request, tmp_path_factory):
 @pytest.mark.slow
 def test_readme_commands_work_from_another_directory(installed, tmp_path):
     bin_dir, source, kind = installed
-    # the scripts, then this Python's directory (where the mpich wheel puts mpiexec)
-    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
-                            os.environ.get("PATH", "")])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+    env = script_environment(bin_dir)
 
     def run(*argv):
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -117,3 +116,86 @@ def test_readme_commands_work_from_another_directory(installed, tmp_path):
         "--trials", "1", "--rounds", "1", "--metric", "train_loss",
         "--param", "train.max_steps=2", "--param", "data.path=data.h5")
     assert (tmp_path / "search" / "results.csv").read_text().count("\n") == 2
+
+
+def script_environment(bin_dir):
+    """The scripts, then this Python's directory (where the mpich wheel puts mpiexec)."""
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
+                            os.environ.get("PATH", "")])
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+
+
+SAID = ("before the job started: nothing to lose", "no step trained since the start (step 0): "
+        "nothing to lose", "the checkpoint of step")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+def test_a_stop_signal_at_any_moment_of_start_up_loses_nothing(installed, tmp_path, sig, code):
+    """SIGTERM or Ctrl-C to `dist-nn-mpirun -n 2 dist-nn-train` from its first instant to its
+    first steps: 75 or 130, with the checkpoint of the step reached or nothing to lose (said
+    so), never a rank killed by a signal nor a traceback, and no process left."""
+    bin_dir, _, kind = installed
+    if kind == "editable":
+        pytest.skip("the same scripts as the wheel's")
+    env = script_environment(bin_dir)
+    for delay in (0.1, 0.3, 0.6, 1.5, 3.0, 6.0):  # from ~60 ms: the handlers are in place
+        run_dir = tmp_path / f"run-{delay}"
+        job = subprocess.Popen(["dist-nn-mpirun", "-n", "2", "dist-nn-train", "model.name=mlp",
+                                "train.epochs=1000", "log.plots=false", f"log.run_dir={run_dir}"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        job.send_signal(sig)
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == code, f"{delay} s: exit {job.returncode}\n{out}\n{err}"
+        assert sum((out + err).count(said) for said in SAID) == 1, f"{delay} s\n{out}\n{err}"
+        assert "Traceback" not in err and "signal" not in err.replace("launcher: SIG", ""), err
+        if "the checkpoint of step" in out:
+            assert list((run_dir / "checkpoints").glob("step-*.h5"))
+        left = subprocess.run(["pgrep", "-f", f"log.run_dir={run_dir}"], capture_output=True)
+        assert left.returncode == 1, left.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_train_script_during_its_imports_is_130_without_a_traceback(installed,
+                                                                                  tmp_path):
+    bin_dir, _, kind = installed
+    if kind == "editable":
+        pytest.skip("the same scripts as the wheel's")
+    env = script_environment(bin_dir)
+    for delay in (0.1, 0.3, 1.0):
+        job = subprocess.Popen(["dist-nn-train", "model.name=mlp", "log.plots=false",
+                                f"log.run_dir={tmp_path / str(delay)}"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        job.send_signal(signal.SIGINT)
+        out, err = job.communicate(timeout=120)
+        assert job.returncode == 130, f"{delay} s: exit {job.returncode}\n{out}\n{err}"
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_through_the_launcher_stops_at_once_with_130(installed, tmp_path):
+    bin_dir, _, kind = installed
+    if kind == "editable":
+        pytest.skip("the same scripts as the wheel's")
+    run_dir = tmp_path / "run"
+    job = subprocess.Popen(["dist-nn-mpirun", "-n", "2", "dist-nn-train", "model.name=mlp",
+                            "train.epochs=1000", "log.plots=false", "log.every_steps=1",
+                            f"log.run_dir={run_dir}"], cwd=tmp_path,
+                           env=script_environment(bin_dir), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for rank in (1, 2):
+        job.send_signal(signal.SIGINT)
+        time.sleep(0.02)  # the second press comes before the ranks stopped
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, f"exit {job.returncode}\n{out}\n{err}"
+    assert err.strip().splitlines()[-1] == \
+        "launcher: SIGINT again: killed the job without a checkpoint", err
+    assert "Assertion" not in err and "Traceback" not in err, err
+    left = subprocess.run(["pgrep", "-f", f"log.run_dir={run_dir}"], capture_output=True)
+    assert left.returncode == 1, left.stdout

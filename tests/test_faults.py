@@ -152,3 +152,35 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path):
             ) in out
     steps = [s for s, _ in checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")]
     assert steps == [15, 5]
+
+
+def launched(run_dir, *arguments):
+    """The training job through the launcher (python -m launch.mpirun -n 2)."""
+    argv = [sys.executable, "-m", "launch.mpirun", "-n", "2", sys.executable, "-m",
+            "dist_nn.train", *arguments, f"log.run_dir={run_dir}"]
+    return subprocess.Popen(argv, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_ctrl_c_is_told_apart_from_a_preemption_under_either_mpi(tmp_path):
+    """Through the launcher Ctrl-C is 130 under MPICH and Open MPI (whose mpiexec cannot pass
+    SIGINT on: the launcher sends SIGUSR2); straight to Open MPI's mpiexec it reaches the
+    ranks as SIGTERM, like a preemption, and the message says it cannot tell them apart."""
+    open_mpi = mpirun.is_open_mpi(mpirun.mpiexec_path())
+    job = launched(tmp_path / "launched", *BASE, "train.epochs=10000")
+    wait_for_step(tmp_path / "launched", 4, job)
+    job.send_signal(signal.SIGINT)
+    code, out, err = finish(job)
+    assert code == 130, f"exit {code}\n{out}\n{err}"
+    received = "Ctrl-C, passed on by the launcher as SIGUSR2" if open_mpi else "SIGINT"
+    assert f"interrupted ({received}): the checkpoint of step " in out, out
+    job = start(tmp_path / "direct", *BASE, "train.epochs=10000")
+    wait_for_step(tmp_path / "direct", 4, job)
+    job.send_signal(signal.SIGINT)
+    code, out, err = finish(job)
+    if open_mpi:  # its mpiexec exits 1 whatever the ranks do
+        assert ("preempted (signal on another rank)" in out or
+                "preempted (SIGTERM: a preemption, or Ctrl-C on Open MPI's mpirun, which sends "
+                "SIGTERM for both; this cannot tell which): the checkpoint of step" in out), out
+    else:
+        assert code == 130 and "interrupted (SIGINT): the checkpoint of step " in out, err

@@ -8,12 +8,13 @@ def cnn(input_shape, num_classes, channels=(32, 64), hidden=256, dropout=0.5, ba
     Flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(num_classes).
 
     For a 3x32x32 input and the defaults this is the CIFAR-shaped benchmark CNN
-    conv32-bn-relu-pool-conv64-bn-relu-pool-fc256-dropout-fc10.
+    conv32-bn-relu-pool-conv64-bn-relu-pool-fc256-dropout-fc10. Weights: He, biases zero.
     """
     in_channels, height, width = input_shape
     layers = []
     for out_channels in channels:
-        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm))
+        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm,
+                                init="he"))
         layers.append(nn.ReLU())
         if batch_norm:
             layers.insert(-1, nn.BatchNorm2d(out_channels, comm=comm))
@@ -23,6 +24,6 @@ def cnn(input_shape, num_classes, channels=(32, 64), hidden=256, dropout=0.5, ba
         if min(height, width) < 1:
             raise ValueError(f"cnn: input {input_shape} is too small for {len(channels)} "
                              "2x2 poolings")
-    layers += [nn.Flatten(), nn.Linear(in_channels * height * width, hidden), nn.ReLU(),
-               nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+    layers += [nn.Flatten(), nn.Linear(in_channels * height * width, hidden, init="he"),
+               nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes, init="he")]
     return nn.Sequential(*layers)

@@ -5,7 +5,7 @@ from .. import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "elu": nn.ELU,
                "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-SATURATING = ("sigmoid", "tanh")  # initialised with Xavier; the ReLU family with He
+SATURATING = ("sigmoid", "tanh")  # initialised with Xavier; the ReLU family with He (zero biases)
 
 
 def mlp(input_shape, num_classes, hidden=(512, 512), activation="relu", dropout=0.0,
@@ -24,11 +24,11 @@ def mlp(input_shape, num_classes, hidden=(512, 512), activation="relu", dropout=
         if maxout_pieces:
             layers.append(nn.Maxout(width, size, maxout_pieces))
         else:
-            layers.append(nn.Linear(width, size, bias=not batch_norm, init_scheme=scheme))
+            layers.append(nn.Linear(width, size, bias=not batch_norm, init=scheme))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size, comm=comm))
             layers.append(ACTIVATIONS[activation]())
         layers.append(nn.Dropout(dropout))
         width = size
-    layers.append(nn.Linear(width, num_classes, init_scheme=scheme))
+    layers.append(nn.Linear(width, num_classes, init=scheme))
     return nn.Sequential(*layers)

@@ -8,7 +8,8 @@ CIFAR variant of the ImageNet network: 64-512 filters in four stages of two bloc
 1x1 convolution + BatchNorm projection shortcuts (option B).
 
 Parameter names follow the common PyTorch CIFAR implementations (conv1, bn1, layer1.0.conv1,
-..., linear) so that their state dicts load.
+..., linear) so that their state dicts load. Weights are initialised with He (fan_in), as
+these networks were trained; biases (the classifier's) with zeros.
 """
 from .. import backend, nn
 
@@ -45,11 +46,12 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes, planes, stride=1, shortcut_kind="pad", comm=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False,
+                               init="he")
         self.bn1 = nn.BatchNorm2d(planes, comm=comm)
         self.relu1 = nn.ReLU()
         nn.fuse_relu(self.bn1, self.relu1)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False, init="he")
         self.bn2 = nn.BatchNorm2d(planes, comm=comm)
         self.relu2 = nn.ReLU()
         if stride == 1 and in_planes == planes:
@@ -59,7 +61,8 @@ class BasicBlock(nn.Module):
                 raise ValueError("the zero-padding shortcut subsamples by exactly 2")
             self.shortcut = PadShortcut(in_planes, planes)
         elif shortcut_kind == "projection":
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False,
+                                                    init="he"),
                                           nn.BatchNorm2d(planes, comm=comm))
         else:
             raise ValueError(f"unknown shortcut {shortcut_kind!r}; choose 'pad' or 'projection'")
@@ -82,7 +85,7 @@ class BasicBlock(nn.Module):
 
 def _resnet(input_shape, num_classes, widths, blocks, shortcut_kind, comm):
     in_channels = input_shape[0]
-    layers = {"conv1": nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+    layers = {"conv1": nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False, init="he"),
               "bn1": nn.BatchNorm2d(widths[0], comm=comm),
               "relu": nn.ReLU()}
     nn.fuse_relu(layers["bn1"], layers["relu"])
@@ -96,7 +99,7 @@ def _resnet(input_shape, num_classes, widths, blocks, shortcut_kind, comm):
             in_planes = planes
         layers[f"layer{stage + 1}"] = nn.Sequential(*stage_blocks)
     layers["pool"] = nn.GlobalAvgPool2d()
-    layers["linear"] = nn.Linear(in_planes, num_classes)
+    layers["linear"] = nn.Linear(in_planes, num_classes, init="he")
     return nn.Sequential(layers)
 
 

@@ -21,7 +21,7 @@ by k - 1 - p, with the flipped, in/out-swapped kernel), one more im2col and GEMM
 column gradients are scattered back (col2im), kh*kw strided additions.
 """
 from .. import backend
-from . import init
+from . import init as initial
 from .module import Module, Parameter, new_image
 from .windows import add_window_grads, check_image, out_size, pad, pair, unpad, window_view
 
@@ -57,19 +57,20 @@ def im2col_nhwc(x, kernel, stride, padding):
 class Conv2d(Module):
     """x: (N, C_in, H, W) -> y: (N, C_out, Ho, Wo), Ho = (H + 2 p - kh) // s + 1.
     weight: (C_out, C_in, kh, kw), bias: (C_out,); zero padding.
+    init: "pytorch" (torch.nn.Conv2d's default), "he", "xavier", "normal" (nn.init).
     layout: "auto" (NHWC from NHWC_FROM_CHANNELS input channels on), "nchw" or "nhwc"."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 init_scheme="he", layout="auto"):
+                 init="pytorch", layout="auto"):
         super().__init__()
         if layout not in ("auto", "nchw", "nhwc"):
             raise ValueError(f"Conv2d layout must be 'auto', 'nchw' or 'nhwc', got {layout!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride), pair(padding)
         self.nhwc = layout == "nhwc" or (layout == "auto" and in_channels >= NHWC_FROM_CHANNELS)
-        self.weight = Parameter(init.weight((out_channels, in_channels, *self.kernel_size),
-                                            init_scheme))
-        self.bias = Parameter(init.zeros(out_channels), weight_decay=False) if bias else None
+        shape = (out_channels, in_channels, *self.kernel_size)
+        self.weight = Parameter(initial.weight(shape, init))
+        self.bias = Parameter(initial.bias(shape, init), weight_decay=False) if bias else None
 
     def _matrix(self):
         """The weight as the GEMM operand: (C_out, C_in*kh*kw) for NCHW, (kh*kw*C_in, C_out)

@@ -1,6 +1,8 @@
 """Weight initialisers.
 
-Each scheme draws a host array from the seeded "init" stream (shared by all ranks, and the
+Linear and Conv2d take PyTorch's default ("pytorch": weight and bias uniform in
++-1/sqrt(fan_in)) unless told otherwise; the course's choices are "he", "xavier" and
+"normal" (0.01-Gaussian), with zero biases. Each scheme draws a host array from the seeded "init" stream (shared by all ranks, and the
 same on CPU and GPU for a given seed) and moves it to the device. Fans follow PyTorch:
 fan_in = in_features * receptive field, fan_out = out_features * receptive field.
 All-zero weights are refused: every unit of a layer would compute the same function and
@@ -19,9 +21,20 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+def _init_stream():
+    return backend.generator("init", per_rank=False, on_device=False)
+
+
+def pytorch(shape):
+    """PyTorch's default for Linear and Conv2d weights (kaiming_uniform_ with a = sqrt(5)):
+    U(-b, b), b = 1 / sqrt(fan_in)."""
+    bound = 1.0 / math.sqrt(fans(shape)[0])
+    return _init_stream().uniform(-bound, bound, shape)
+
+
 def normal(shape, std=0.01):
     """N(0, std^2): the small-random-numbers init (fine for shallow nets only)."""
-    return backend.generator("init", per_rank=False, on_device=False).normal(0.0, std, shape)
+    return _init_stream().normal(0.0, std, shape)
 
 
 def xavier(shape, gain=1.0):
@@ -41,10 +54,20 @@ def zeros(shape):
     return backend.xp.zeros(shape, dtype=backend.float_dtype)
 
 
-SCHEMES = {"normal": normal, "xavier": xavier, "he": he}
+SCHEMES = {"pytorch": pytorch, "normal": normal, "xavier": xavier, "he": he}
 
 
-def weight(shape, scheme="he"):
+def bias(weight_shape, scheme="pytorch"):
+    """The bias of a layer whose weight has `weight_shape`, drawn after the weight as PyTorch
+    does: U(-b, b), b = 1 / sqrt(fan_in) for "pytorch"; zeros for the other schemes."""
+    if scheme != "pytorch":
+        return zeros(weight_shape[0])
+    bound = 1.0 / math.sqrt(fans(weight_shape)[0])
+    values = _init_stream().uniform(-bound, bound, weight_shape[0])
+    return backend.to_device(values, dtype=backend.float_dtype)
+
+
+def weight(shape, scheme="pytorch"):
     """A device weight array of `shape` drawn by `scheme` (a name in SCHEMES or a callable
     `scheme(shape) -> array`), in the backend's float dtype. All-zero results are refused."""
     if isinstance(scheme, str):

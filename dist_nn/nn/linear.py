@@ -1,18 +1,20 @@
 """Fully connected layers: Linear and Maxout."""
 from .. import backend
-from . import init
+from . import init as initial
 from .module import Module, Parameter
 
 
 class Linear(Module):
     """y = x W^T + b.   x: (N, in_features) -> y: (N, out_features).
-    weight: (out_features, in_features), bias: (out_features,) as in torch.nn.Linear."""
+    weight: (out_features, in_features), bias: (out_features,) as in torch.nn.Linear.
+    init: "pytorch" (torch.nn.Linear's default), "he", "xavier", "normal" (nn.init)."""
 
-    def __init__(self, in_features, out_features, bias=True, init_scheme="he"):
+    def __init__(self, in_features, out_features, bias=True, init="pytorch"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Parameter(init.weight((out_features, in_features), init_scheme))
-        self.bias = Parameter(init.zeros(out_features), weight_decay=False) if bias else None
+        shape = (out_features, in_features)
+        self.weight = Parameter(initial.weight(shape, init))
+        self.bias = Parameter(initial.bias(shape, init), weight_decay=False) if bias else None
 
     def forward(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -40,10 +42,10 @@ class Maxout(Linear):
     weight: (out_features * pieces, in_features), row j * pieces + k is piece k of unit j
     (the layout of torch Linear(in, out * pieces) followed by .view(N, out, pieces).max(-1))."""
 
-    def __init__(self, in_features, out_features, pieces, bias=True, init_scheme="xavier"):
+    def __init__(self, in_features, out_features, pieces, bias=True, init="xavier"):
         if pieces < 1:
             raise ValueError(f"Maxout needs pieces >= 1, got {pieces}")
-        super().__init__(in_features, out_features * pieces, bias, init_scheme)
+        super().__init__(in_features, out_features * pieces, bias, init)
         self.out_features, self.pieces = out_features, pieces
 
     def forward(self, x):

@@ -114,6 +114,7 @@ def assert_gradients(module, x, **kwargs):
     """check_gradients on a module (float64) and assert every error is small."""
     errors = check_gradients(module, x, **kwargs)
     assert max(errors.values()) < GRADCHECK_TOLERANCE, errors
+    assert not any(errors.kinks.values()), f"entries left out on kinks: {errors.kinks}"
     return errors
 
 

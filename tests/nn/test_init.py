@@ -39,12 +39,31 @@ def test_standard_deviation_matches_the_formula(scheme, std):
 
 
 def test_layers_use_their_scheme():
-    linear = nn.Linear(400, 300)  # he by default
+    linear = nn.Linear(400, 300, init="he")
     assert abs(linear.weight.data.std() / math.sqrt(2 / 400) - 1) < 0.02
+    assert not linear.bias.data.any()  # the course's schemes: zero biases
     maxout = nn.Maxout(400, 100, 3)  # xavier by default
     assert abs(maxout.weight.data.std() / math.sqrt(2 / 700) - 1) < 0.02
-    conv = nn.Conv2d(16, 32, 3, init_scheme="normal")
+    conv = nn.Conv2d(16, 32, 3, init="normal")
     assert abs(conv.weight.data.std() / 0.01 - 1) < 0.05
+
+
+@pytest.mark.parametrize("make, fan_in", [(lambda m: m.Linear(400, 300), 400),
+                                          (lambda m: m.Conv2d(64, 128, 3), 576)],
+                         ids=["Linear", "Conv2d"])
+def test_linear_and_conv_default_to_pytorchs_initialisation(make, fan_in):
+    """Weight and bias uniform in +-1/sqrt(fan_in), as torch.nn's defaults draw them: the
+    bounds and spreads of PyTorch's own layers (the oracle, when installed)."""
+    layer = make(nn)
+    bound = 1 / math.sqrt(fan_in)
+    for values in (layer.weight.data, layer.bias.data):
+        assert np.abs(values).max() <= bound and np.abs(values).max() > 0.9 * bound
+    weight = layer.weight.data
+    assert abs(weight.std() / (bound / math.sqrt(3)) - 1) < 0.02
+    torch = pytest.importorskip("torch")
+    reference = make(torch.nn).weight.detach().numpy()
+    assert abs(weight.std() / reference.std() - 1) < 0.03
+    assert abs(np.abs(weight).max() / np.abs(reference).max() - 1) < 0.01
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -60,12 +79,12 @@ def test_all_zero_weights_are_refused(scheme):
     with pytest.raises(ValueError, match="zero"):
         init.weight((4, 3), scheme)
     with pytest.raises(ValueError, match="zero"):
-        nn.Linear(3, 4, init_scheme=scheme)
+        nn.Linear(3, 4, init=scheme)
 
 
 def test_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match=r"unknown init 'glorot'; choose one of \['he', 'normal', "
-                                         r"'xavier'\]"):
+                                         r"'pytorch', 'xavier'\]"):
         init.weight((4, 3), "glorot")
 
 
