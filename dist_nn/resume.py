@@ -2,11 +2,16 @@
 
 The checkpoint's recorded config is the base; the values of the config file and the
 overrides given now go on top (docs/design.md §3.6, the resume contract). Every rank reads
-the checkpoint itself, before MPI starts, since the config says how to start MPI.
+the checkpoint itself, before MPI starts, since the config says how to start MPI. A file
+never chooses code: a user's model (model.name = "pkg.module:function") recorded in a
+checkpoint from elsewhere is built only if it is named now; resuming one's own run
+directory counts as naming it.
 """
 from pathlib import Path
 
 from . import checkpoint, config as configuration
+from .config import tomllib
+from .models import is_import_path
 
 
 class Resumed:
@@ -52,4 +57,22 @@ def resumed_config(path, overrides, resume):
     for (section, key), value in NOT_INHERITED.items():
         setattr(getattr(recorded, section), key, value)
     config = configuration.loads(text, overrides, path or "config", resume, base=recorded)
+    own = resume == "auto" or (given.log.run_dir and Path(chosen).resolve().parent ==
+                               (Path(given.log.run_dir) / "checkpoints").resolve())
+    if is_import_path(config.model.name) and not own and \
+            model_named(text, overrides) != config.model.name:
+        raise configuration.ConfigError(
+            f"{chosen} records the model {config.model.name[:200]!r}, which is not built in: "
+            "a checkpoint does not choose the code that runs; name it now "
+            f"(model.name={config.model.name[:200]}) to build it")
     return config, Resumed(chosen, contents, warnings)
+
+
+def model_named(text, overrides):
+    """The model.name given now, in the config file's text or the overrides (the last one
+    wins, as they apply), or None."""
+    named = tomllib.loads(text).get("model", {}).get("name") if text else None
+    for item in overrides:
+        if item.strip().startswith("model.name="):
+            named = configuration.compose("", [item]).model.name
+    return named

@@ -123,6 +123,13 @@ def test_resume_auto_of_a_run_of_ones_own_model_needs_only_the_run_directory(tmp
                               "--resume", "auto"], capture_output=True, text=True, cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert config.loads(checked.stdout).model.name == "mymodels:tiny"  # as training sees it
+    # from elsewhere, a checkpoint does not choose code: the user names it
+    elsewhere = ["--resume", newest(run_dir), "log.run_dir=runs/other"]
+    refused(run(2, *elsewhere, cwd=tmp_path), "records the model 'mymodels:tiny', which is not "
+            "built in: a checkpoint does not choose the code that runs; name it now "
+            "(model.name=mymodels:tiny) to build it")
+    assert not (tmp_path / "runs" / "other").exists()
+    ok(run(2, *elsewhere, "model.name=mymodels:tiny", cwd=tmp_path))
     refused(run(2, "log.run_dir=runs/mine", "model.options.width=16", "--resume", "auto",
                 cwd=tmp_path), "shape mismatches")
     assert (run_dir / "config.toml").read_text() == recorded
