@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_faults_process import processes_of
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # command -> (module whose main(argv) it runs, what its --help must mention)
@@ -153,8 +155,7 @@ def test_a_stop_signal_at_any_moment_of_start_up_loses_nothing(installed, tmp_pa
         assert "Traceback" not in err and "signal" not in err.replace("launcher: SIG", ""), err
         if "the checkpoint of step" in out:
             assert list((run_dir / "checkpoints").glob("step-*.h5"))
-        left = subprocess.run(["pgrep", "-f", f"log.run_dir={run_dir}"], capture_output=True)
-        assert left.returncode == 1, left.stdout
+        assert not processes_of(run_dir)
 
 
 @pytest.mark.slow
@@ -197,5 +198,4 @@ def test_ctrl_c_twice_through_the_launcher_stops_at_once_with_130(installed, tmp
     assert err.strip().splitlines()[-1] == \
         "launcher: SIGINT again: killed the job without a checkpoint", err
     assert "Assertion" not in err and "Traceback" not in err, err
-    left = subprocess.run(["pgrep", "-f", f"log.run_dir={run_dir}"], capture_output=True)
-    assert left.returncode == 1, left.stdout
+    assert not processes_of(run_dir)
