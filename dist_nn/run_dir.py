@@ -157,8 +157,9 @@ def _continues_its_run(config, run, resume, origin, warn):
                           f"({names}): continue that run with --resume auto, start {start} "
                           "with log.overwrite=true (deletes them), or choose another "
                           "log.run_dir")
-    try:
-        for old in found + [run.path / name for name in RUN_RECORDS]:
+    try:  # its checkpoints, the parts a crash left of them, its records
+        for old in found + sorted(run.checkpoints.glob("*.partial")) + \
+                [run.path / name for name in RUN_RECORDS]:
             old.unlink(missing_ok=True)
         if (run.path / TENSORBOARD).is_dir():
             shutil.rmtree(run.path / TENSORBOARD)

@@ -50,6 +50,7 @@ def test_only_the_run_of_its_checkpoints_continues_in_a_directory(tmp_path):
     (path / "metrics.jsonl").write_text("{}\n")
     (path / "tensorboard").mkdir()
     (path / "tensorboard" / "events.out").write_text("old")
+    (path / "checkpoints" / "step-000000006.h5.partial").write_text("a crash's leftover")
     copy = checkpoint_of("run-a", tmp_path / "copied" / "step-000000005.h5")
     other = checkpoint_of("run-b", tmp_path / "b" / "step-000000009.h5")
     with pytest.raises(config.ConfigError, match=r"holds another run's checkpoints "
@@ -73,6 +74,7 @@ def test_only_the_run_of_its_checkpoints_continues_in_a_directory(tmp_path):
                 warnings=warnings)
     assert "deleted the previous run's checkpoints (step-000000005.h5, best.h5)" in warnings[0]
     assert sorted(os.listdir(path)) == ["checkpoints", "run.lock"]
+    assert not os.listdir(path / "checkpoints")
     assert run.run_id != "run-b"
     run.release()
 
