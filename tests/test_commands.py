@@ -121,10 +121,16 @@ def test_readme_commands_work_from_another_directory(installed, tmp_path):
 
 
 def script_environment(bin_dir):
-    """The scripts, then this Python's directory (where the mpich wheel puts mpiexec)."""
+    """The scripts, then this Python's directory (where the mpich wheel puts mpiexec); and
+    the mpich wheel's library for mpi4py, which looks for it under its own environment's
+    prefix (the throwaway one's has none) and would load a system MPI instead."""
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
                             os.environ.get("PATH", "")])
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PATH": path}
+    wheel_library = Path(sys.exec_prefix, "lib", "libmpi.so.12")
+    if wheel_library.exists() and "MPI4PY_LIBMPI" not in env:
+        env["MPI4PY_LIBMPI"] = str(wheel_library)
+    return env
 
 
 SAID = ("before the job started: nothing to lose", "no step trained since the start (step 0): "
