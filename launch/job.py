@@ -102,9 +102,15 @@ class _Supervisor:
         one that reached a rank still starting would kill it."""
         if not self.pending:
             return
-        self.since = self.since or time.monotonic()
-        if ranks_ready(self.job.pid, self.ranks) or \
-                time.monotonic() - self.since > READY_WAIT_S:
+        ready = ranks_ready(self.job.pid, self.ranks)
+        if self.since is None:
+            self.since = time.monotonic()
+            if not ready:
+                print(f"launcher: {signal.Signals(self.pending[0]).name}: the ranks are still "
+                      f"starting; passing it on once they handle it (at most "
+                      f"{READY_WAIT_S:.0f} s; Ctrl-C again: stop now)", file=sys.stderr,
+                      flush=True)
+        if ready or time.monotonic() - self.since > READY_WAIT_S:
             while self.pending:
                 number = self.pending.pop(0)
                 sent = OPEN_MPI_INTERRUPT if number == signal.SIGINT and self.open_mpi \
