@@ -130,12 +130,21 @@ def write(path, model_state, optimizer_state=None, meta=None, ema_state=None):
 def read(path):
     """Contents: (model state, optimizer state or None, meta) of a checkpoint, and `.ema`;
     CheckpointError when it cannot be read, has no checksum or its checksum does not match."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block open() forever
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a directory, FIFO "
+                              "or device)")
     try:
         with h5py.File(path, "r") as f:
             if "model" not in f:
                 raise CheckpointError(f"{path} has no `model` group: not a dist_nn checkpoint")
+            for name in f:  # a link would read another file's arrays
+                if not isinstance(f.get(name, getlink=True), h5py.HardLink):
+                    raise CheckpointError(f"checkpoint {path}: /{name} is a link: a "
+                                          "checkpoint holds its arrays itself")
             model = _arrays(f["model"], path)
             has_optimizer = "optimizer" in f
             buffers = _arrays(f["optimizer"], path) if has_optimizer else {}
@@ -186,10 +195,17 @@ def _arrays(group, path):
     """{name: array} of a group's numeric datasets, each checked to hold the data it declares
     before it is read (a file declaring 10^12 values is refused, not allocated)."""
     arrays = {}
-    for name, item in group.items():
+    for name in group:
+        if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+            raise CheckpointError(f"checkpoint {path}: {group.name}/{name} is a link: a "
+                                  "checkpoint holds its arrays itself")
+        item = group[name]
         if not isinstance(item, h5py.Dataset) or item.dtype.kind not in "biuf":
             raise CheckpointError(f"checkpoint {path}: {group.name}/{name} is not a numeric "
                                   "array")
+        if item.external or item.is_virtual:  # its bytes would come from another file
+            raise CheckpointError(f"checkpoint {path}: {group.name}/{name} keeps its data "
+                                  "outside the file")
         if item.id.get_storage_size() < item.size * item.dtype.itemsize:
             raise CheckpointError(f"checkpoint {path}: {group.name}/{name} declares "
                                   f"{item.shape} but holds less data: truncated or forged")

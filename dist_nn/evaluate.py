@@ -12,6 +12,7 @@ import numpy
 
 from . import backend, checkpoint, config as configuration, models, nn
 from . import distributed
+from .resume import model_named
 from .data import DataError, DistributedSampler, Loader, open_split
 from .monitor import plural
 
@@ -57,17 +58,22 @@ On N ranks: python -m launch.mpirun -n N python -m dist_nn.evaluate CHECKPOINT -
 exit status: 0 evaluated; 2 an unreadable checkpoint or data file (one message)."""
 
 
-def recorded_config(path, meta, overrides):
+def recorded_config(path, meta, overrides, trust_model=False):
     """The config a checkpoint records, with `overrides` on top; ConfigError when it records
-    none (weights converted from PyTorch) and no model.name is given."""
+    none (weights converted from PyTorch) and no model.name is given, or names a user's model
+    that is not named now (a file does not choose code) unless `trust_model`."""
     recorded = meta.get("config", "")
     if not isinstance(recorded, str):
         raise configuration.ConfigError(f"{path}: its recorded config is not TOML text")
-    if not recorded and not any(o.startswith("model.name=") for o in overrides):
+    named = model_named("", overrides)
+    if not recorded and named is None:
         raise configuration.ConfigError(
             f"{path} holds weights only, no training config (converted from PyTorch?): name "
             "its model, e.g. model.name=resnet20 (and model.options.KEY=... as built)")
-    return configuration.loads(recorded, overrides, source=f"the config of {path}")
+    config = configuration.loads(recorded, overrides, source=f"the config of {path}")
+    if not trust_model:
+        models.check_chosen_by_user(config.model.name, named, path, " or pass --trust-model")
+    return config
 
 
 def main(argv=None):
@@ -79,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="an HDF5 file, a glob of shards, digits")
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--batch-size", type=int, default=256, help="per rank")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="build the user's model that the checkpoint names (pkg.module:fn) "
+                             "without naming it: imports and runs that module")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config values on top of the checkpoint's, e.g. model.name=resnet20 "
                              "for a checkpoint converted from PyTorch (weights only)")
@@ -88,7 +97,7 @@ def main(argv=None):
     try:
         contents = checkpoint.read(args.checkpoint)
         model_state, _, meta = contents
-        config = recorded_config(args.checkpoint, meta, args.overrides)
+        config = recorded_config(args.checkpoint, meta, args.overrides, args.trust_model)
         backend.use(dtype=config.train.dtype)
         if meta.get("model_given"):
             raise configuration.ConfigError(

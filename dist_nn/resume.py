@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import checkpoint, config as configuration
 from .config import tomllib
-from .models import is_import_path
+from .models import ModelError, check_chosen_by_user
 
 
 class Resumed:
@@ -59,12 +59,11 @@ def resumed_config(path, overrides, resume):
     config = configuration.loads(text, overrides, path or "config", resume, base=recorded)
     own = resume == "auto" or (given.log.run_dir and Path(chosen).resolve().parent ==
                                (Path(given.log.run_dir) / "checkpoints").resolve())
-    if is_import_path(config.model.name) and not own and \
-            model_named(text, overrides) != config.model.name:
-        raise configuration.ConfigError(
-            f"{chosen} records the model {config.model.name[:200]!r}, which is not built in: "
-            "a checkpoint does not choose the code that runs; name it now "
-            f"(model.name={config.model.name[:200]}) to build it")
+    if not own:  # the run's own model is named by resuming its directory
+        try:
+            check_chosen_by_user(config.model.name, model_named(text, overrides), chosen, "")
+        except ModelError as error:
+            raise configuration.ConfigError(str(error)) from None
     return config, Resumed(chosen, contents, warnings)
 
 

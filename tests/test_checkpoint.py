@@ -142,6 +142,30 @@ def test_forged_content_is_refused_before_use(tmp_path):
         checkpoint.check_meta({k: v for k, v in valid.items() if k != "trainer"}, "c.h5")
 
 
+def test_arrays_from_outside_the_file_and_files_that_are_not_files_are_refused(tmp_path):
+    """A checkpoint is read from itself only: an external link, external raw storage (any
+    readable file or device) and a FIFO (open() would wait forever) are one message each."""
+    import os
+    import h5py
+    model, opt, meta = content()
+    other = checkpoint.write(tmp_path / "other.h5", model, opt, meta)
+    (tmp_path / "raw.bin").write_bytes(b"\0" * 64)
+    for name, plant, message in [
+            ("link.h5", lambda f: f["model"].__setitem__(
+                "w2", h5py.ExternalLink(str(other), "model/w")), "/model/w2 is a link"),
+            ("external.h5", lambda f: f["model"].create_dataset(
+                "w2", (8,), "f8", external=[(str(tmp_path / "raw.bin"), 0, 64)]),
+             "/model/w2 keeps its data outside the file")]:
+        path = checkpoint.write(tmp_path / name, model, opt, meta)
+        with h5py.File(path, "a") as f:
+            plant(f)
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.read(path)
+    os.mkfifo(tmp_path / "pipe.h5")
+    with pytest.raises(checkpoint.CheckpointError, match="is not a regular file"):
+        checkpoint.read(tmp_path / "pipe.h5")
+
+
 def test_an_optimizer_state_sets_only_its_own_hyperparameters():
     model, state, _ = content()
     opt = optim.Adam(models.build("mlp", (4,), 3, hidden=(5,), batch_norm=True).parameters(),

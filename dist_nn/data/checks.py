@@ -47,7 +47,8 @@ def check_split(file, h, split):
 
 
 def _check_local(file, h, path):
-    """Only data inside this file: no external or soft links, no virtual datasets."""
+    """Only data inside this file: no external or soft links, no virtual datasets, no
+    external raw storage (any readable file or device would become training data)."""
     parts = path.split("/")
     for depth in range(1, len(parts) + 1):
         link = h.get("/".join(parts[:depth]), getlink=True)
@@ -59,6 +60,10 @@ def _check_local(file, h, path):
                             "hold their datasets under their own names")
     if h[path].is_virtual:
         raise DataError(f"{file}: /{path} is a virtual dataset (its data lies in other files)")
+    if h[path].external:
+        raise DataError(f"{file}: /{path} keeps its data in external files "
+                        f"({h[path].external[0][0]!s:.100}, ...): data files must hold their "
+                        "data themselves")
 
 
 def _check_stored(file, dataset):

@@ -11,6 +11,7 @@ runs, or whole chunks when a batch needs many samples of a chunk: h5py's per-ele
 """
 import glob
 import os
+import stat
 
 import h5py
 import numpy
@@ -32,6 +33,13 @@ def shard_files(path):
 
 
 def _open(file):
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as error:
+        raise DataError(f"cannot read {file}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block open() forever, a device never ends
+        raise DataError(f"{file} is not a regular file (a directory, FIFO or device): data "
+                        "files are HDF5 files")
     try:
         return h5py.File(file, "r")
     except OSError as error:

@@ -32,6 +32,16 @@ def is_import_path(name):
     return ":" in name
 
 
+def check_chosen_by_user(name, named_now, source, allow):
+    """A file does not choose the code that runs: a user's builder (an import path) that
+    `source` records is built only if the user names it now (`named_now`, the model.name given
+    on this command line or file; `allow`: how else this command allows it)."""
+    if is_import_path(name) and named_now != name:
+        raise ModelError(f"{source} records the model {name[:200]!r}, which is not built in: "
+                         "a checkpoint does not choose the code that runs; name it now "
+                         f"(model.name={name[:200]}){allow} to build it")
+
+
 def builder(name):
     """The builder function a model name stands for: a registered name or an import path."""
     if name in MODELS:

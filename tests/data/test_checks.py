@@ -30,6 +30,25 @@ def linked(path, samples):
     return path
 
 
+def external_storage(path, samples):
+    """/train/x whose raw bytes live in another file (any readable file or device would do:
+    /dev/urandom became training data)."""
+    x, y = samples
+    source = path.with_name("raw.bin")
+    source.write_bytes(x.tobytes())
+    write_raw(path, *samples)
+    with h5py.File(path, "a") as f:
+        del f["train/x"]
+        f.create_dataset("train/x", x.shape, x.dtype, external=[(source.name, 0, x.nbytes)])
+    return path
+
+
+def fifo(path, samples):
+    import os
+    os.mkfifo(path)  # open() would wait for a writer forever
+    return path
+
+
 def with_val(path, samples, val_shape):
     write_raw(path, *samples)
     with h5py.File(path, "a") as f:
@@ -55,6 +74,10 @@ LIES = {
         r"class_names must be 10 strings \(one per class\)"),
     "external link": (lambda tmp, s: linked(tmp / "e.h5", s),
                       "/train/x is an external link to target.h5"),
+    "external raw storage": (lambda tmp, s: external_storage(tmp / "x.h5", s),
+                             r"/train/x keeps its data in external files \(raw.bin, ...\)"),
+    "a FIFO": (lambda tmp, s: fifo(tmp / "pipe.h5", s),
+               "is not a regular file \\(a directory, FIFO or device\\)"),
     "val samples of another shape": (
         lambda tmp, s: with_val(tmp / "v.h5", s, (4, 3, 5, 4)),
         r"/val/x samples \(3, 5, 4\) differ from /train/x samples \(3, 5, 5\)"),
