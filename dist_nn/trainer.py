@@ -284,6 +284,9 @@ class Trainer:
             for name, value in configured.items():
                 setattr(self.opt, name, value)
             self.load_state_dict(meta["trainer"], contents.ema)
+            if optimizer_state["step"] > self.position.step:  # skipped steps make it less
+                raise ValueError(f"the optimizer is at step {optimizer_state['step']} but the "
+                                 f"run is at step {self.position.step}")
         except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as error:
             raise configuration.ConfigError(f"cannot resume from {path}: {error}") from None
         differences = configuration.changes(meta["config"], self.config)
@@ -316,6 +319,13 @@ class Trainer:
                              f"{position.step}, beyond this run's end (train.epochs = "
                              f"{end.epochs}, train.max_steps = {end.max_steps}): raise them to "
                              "continue it, or start a new run")
+        if position.steps_in_epoch > self.steps_per_epoch:
+            raise ValueError(f"position: {state['position']['samples']} samples into epoch "
+                             f"{position.epoch}, beyond its {self.steps_per_epoch} steps")
+        for i, schedule_state in enumerate(state["schedules"]):  # each steps once a step
+            if isinstance(schedule_state, dict) and schedule_state.get("t") != position.step:
+                raise ValueError(f"schedule {i} is at t = {str(schedule_state.get('t'))[:40]}"
+                                 f" but the run is at step {position.step}")
         self.best.load_state_dict(state["best"], "best")
         self.early_stopping.load_state_dict(state["early_stopping"], "early_stopping")
         self.epoch_totals.load_state_dict(state["epoch_totals"])

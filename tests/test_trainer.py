@@ -56,7 +56,7 @@ def test_the_readme_user_workflow_runs_outside_the_repository(tmp_path):
     assert "resumed from" in again.stdout and f"val accuracy {accuracy:.3f} after 56 steps" \
         in again.stdout
     done = ok(run(2, ["-m", "dist_nn.evaluate", "runs/mine/checkpoints/best.h5", "--data",
-                      "blobs.h5"], tmp_path))
+                      "blobs.h5", "model.name=mymodels:small_cnn"], tmp_path))
     evaluated = float(re.search(r"\(val, 300 samples\): loss [\d.]+, accuracy ([\d.]+)",
                                 done.stdout).group(1))
     assert evaluated >= accuracy - 6e-4  # best.h5: the best epoch, at least the last one

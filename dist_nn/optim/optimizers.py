@@ -36,6 +36,11 @@ class Optimizer(abc.ABC):
         self.buffers = {}  # per-element state, created on first use
         self.part = slice(None)  # the slice of the flat buffers that `update` works on
 
+    def buffers_kept(self):
+        """The names of the state buffers a step keeps with these hyper-parameters (a saved
+        state after a step holds exactly them)."""
+        return set()
+
     def buffer(self, name, fill=0.0):
         """A per-element state buffer, its slice `part` (all of it outside a step)."""
         if name not in self.buffers:
@@ -117,6 +122,12 @@ class Optimizer(abc.ABC):
         self.step_count = step
         for name, value in hyperparameters.items():
             setattr(self, name, value)
+        kept, saved_names = self.buffers_kept(), set(state["buffers"])
+        if saved_names - kept or (step and kept - saved_names):
+            # a renamed buffer would be dropped, and the state it held (momentum) lost
+            raise ValueError(f"optimizer state holds the buffers {sorted(saved_names)}; "
+                             f"{type(self).__name__} with its saved hyper-parameters keeps "
+                             f"{sorted(kept)} after a step")
         xp = backend.get_array_module(self.flat.data)
         self.buffers = {k: xp.asarray(v, dtype=self.flat.data.dtype)
                         for k, v in state["buffers"].items()}
@@ -132,6 +143,9 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires momentum > 0")
         super().__init__(params, lr, weight_decay, l1)
         self.momentum, self.nesterov = momentum, nesterov
+
+    def buffers_kept(self):
+        return {"momentum_buffer"} if self.momentum else set()
 
     def step(self):
         flat = self.flat
@@ -176,6 +190,9 @@ class Adagrad(Optimizer):
         self.lr_decay, self.eps = lr_decay, eps
         self.buffer("sum", fill=initial_accumulator_value)
 
+    def buffers_kept(self):
+        return {"sum"}
+
     def update(self, p, g, t):
         xp = backend.get_array_module(p)
         total = self.buffer("sum")
@@ -194,6 +211,10 @@ class RMSprop(Optimizer):
                  centered=False, l1=0.0):
         super().__init__(params, lr, weight_decay, l1)
         self.alpha, self.eps, self.momentum, self.centered = alpha, eps, momentum, centered
+
+    def buffers_kept(self):
+        return {"square_avg"} | ({"grad_avg"} if self.centered else set()) | \
+            ({"momentum_buffer"} if self.momentum else set())
 
     def update(self, p, g, t):
         xp = backend.get_array_module(p)
@@ -225,6 +246,9 @@ class Adadelta(Optimizer):
         super().__init__(params, lr, weight_decay, l1)
         self.rho, self.eps = rho, eps
 
+    def buffers_kept(self):
+        return {"square_avg", "acc_delta"}
+
     def update(self, p, g, t):
         xp = backend.get_array_module(p)
         square_avg, acc_delta = self.buffer("square_avg"), self.buffer("acc_delta")
@@ -248,6 +272,9 @@ class Adam(Optimizer):
                  amsgrad=False, l1=0.0):
         super().__init__(params, lr, weight_decay, l1)
         self.betas, self.eps, self.amsgrad = tuple(betas), eps, amsgrad
+
+    def buffers_kept(self):
+        return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if self.amsgrad else set())
 
     def update(self, p, g, t):
         xp = backend.get_array_module(p)
