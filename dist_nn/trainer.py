@@ -192,6 +192,7 @@ class Trainer:
     def build_model(self):
         c, comm, split = self.config, self.comm, self.train_split
         backend.seed(c.train.seed)
+        error = None
         try:
             if self.given_model is None:
                 self.model = models.from_config(c.model, split.sample_shape, split.num_classes,
@@ -199,13 +200,21 @@ class Trainer:
             else:
                 self.model = models.check_fits(self.given_model, split.sample_shape,
                                                split.num_classes, "given to Trainer")
-        except models.ModelError as error:
-            raise configuration.ConfigError(str(error)) from None
+        except models.ModelError as failure:
+            error = failure
+        # a builder that fails on one rank only: every rank says it, with that rank's number
+        distributed.raise_together(comm, error, configuration.ConfigError)
         if c.model.init_from:
             self.say(transfer_weights(self.model, c.model.init_from))
         freeze(self.model, c.model.freeze)
-        distributed.check_same_everywhere(self.model, comm, configuration.to_toml(c))
-        distributed.broadcast_state(self.model, comm)
+        try:
+            distributed.check_same_everywhere(self.model, comm, configuration.to_toml(c))
+            distributed.broadcast_state(self.model, comm)
+            if comm.size > 1:  # the same names and shapes, now the same function
+                distributed.check_same_computation(self.model, comm, split.sample_shape,
+                                                   c.train.seed)
+        except distributed.ReplicasDiffer as differ:  # alike on every rank
+            raise configuration.ConfigError(str(differ)) from None
         nn.skip_input_grad(self.model)
         self.loss_fn = nn.SoftmaxCrossEntropy(label_smoothing=c.train.label_smoothing)
         self.val_loss_fn = nn.SoftmaxCrossEntropy()  # validation losses stay comparable

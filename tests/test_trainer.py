@@ -79,6 +79,18 @@ def five_outputs(input_shape, num_classes, comm=None):
 
 def wrong_input(input_shape, num_classes, comm=None):
     return nn.Sequential(nn.Flatten(), nn.Linear(100, num_classes))
+
+def raises_on_rank_1(input_shape, num_classes, comm=None):
+    if RANK == "1":
+        raise RuntimeError("out of memory on this node")
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+
+def tanh_on_rank_1(input_shape, num_classes, comm=None):  # same names and shapes
+    activation = nn.Tanh() if RANK == "1" else nn.ReLU()
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), activation, nn.Linear(16, num_classes))
+
+import os
+RANK = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK"))
 '''
 
 
@@ -92,6 +104,11 @@ def wrong_input(input_shape, num_classes, comm=None):
     ("builders:not_a_module", "the builder returned str, not a dist_nn nn.Module"),
     ("builders:five_outputs", "to outputs of shape (2, 5); the data needs (2, 10)"),
     ("builders:wrong_input", "does not fit inputs of shape (1, 8, 8): its forward pass fails"),
+    ("builders:raises_on_rank_1", "rank 1: model 'builders:raises_on_rank_1' cannot be built "
+                                  "for inputs (1, 8, 8) and 10 classes: RuntimeError: out of "
+                                  "memory on this node"),
+    ("builders:tanh_on_rank_1", "ranks [1] compute another function than rank 0 with the "
+                                "same weights"),
 ])
 def test_builder_errors_are_one_message_and_exit_2(tmp_path, name, message):
     (tmp_path / "builders.py").write_text(BUILDERS)
