@@ -124,6 +124,21 @@ def read(*values):
     return [float(v) for v in values]
 
 
+def free_memory():
+    """Bytes free for arrays on the active device: the GPU's free memory, or the host's
+    MemAvailable (Linux; else all physical memory)."""
+    if device == "gpu":
+        return cupy.cuda.Device().mem_info[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def synchronize():
     """Wait for queued device work (GPU kernels run asynchronously); a no-op on the CPU."""
     if device == "gpu":

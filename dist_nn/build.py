@@ -39,11 +39,16 @@ def has_split(path, split):
         return f"{split}/x" in f
 
 
-def make_augmenter(augment_config, epochs):
-    """The configured augmentation pipeline, or None when augment.enabled is false."""
+def make_augmenter(augment_config, epochs, sample_shape):
+    """The configured augmentation pipeline, or None when augment.enabled is false;
+    ConfigError for sizes beyond the samples' (a padding the size of a million pixels)."""
     a = augment_config
     if not a.enabled:
         return None
+    side = min(sample_shape[1:])
+    if a.crop > side:
+        raise configuration.ConfigError(f"augment.crop = {a.crop} translates by more than the samples' "
+                          f"side ({side} pixels of {tuple(sample_shape)}): at most {side}")
     ops = {}
     if a.flip > 0:
         ops["flip"] = {"p": a.flip}
@@ -83,6 +88,9 @@ def make_optimizer_and_sync(config, model, comm, lr):
     make = lambda params: make_optimizer(config.optim, params, lr)  # noqa: E731
     options = dict(bucket_mb=config.train.bucket_mb, overlap=config.train.overlap,
                    average=False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise configuration.ConfigError("the model has no trainable parameters (model.freeze froze them "
+                          "all, or the builder made none): nothing to train")
     if config.optim.shard:
         return distributed.sharded(make, model, comm, **options)
     opt = make(model.parameters())

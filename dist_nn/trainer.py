@@ -175,8 +175,8 @@ class Trainer:
         self.loader = Loader(
             self.train_split, DistributedSampler(len(self.train_split), comm.rank, comm.size,
                                                  seed=c.train.seed),
-            self.global_batch, None if self.overfit else make_augmenter(c.augment,
-                                                                        c.train.epochs),
+            self.global_batch, None if self.overfit else make_augmenter(
+                c.augment, c.train.epochs, self.train_split.sample_shape),
             c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb)
         self.steps_per_epoch = len(self.loader) // self.accumulate
         if self.steps_per_epoch == 0:

@@ -12,6 +12,8 @@ import math
 import sys
 from dataclasses import fields
 
+import numpy
+
 from .sections import (METRICS, MODELS, OPTIMIZERS, SCHEDULES, WITH_MOMENTUM, Augment,
                        Checkpoint, Config, Data, Log, Model, Optim, Schedule, Train,
                        lower_is_better)
@@ -37,6 +39,26 @@ def sections(config):
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
+# Every number a run's config holds lies within +-MAX_NUMBER (the largest any key needs:
+# steps, samples, MiB), so no value overflows what it sizes (1e308 epochs of warmup).
+MAX_NUMBER = 1e9
+
+
+def shown(value, limit=80):
+    """A value as a message shows it: its repr, cut to `limit` characters (a name of ten
+    million characters gives a short message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _too_large(value):
+    """Whether a number, or a number inside a list, lies beyond +-MAX_NUMBER."""
+    if isinstance(value, list):
+        return any(_too_large(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        abs(value) > MAX_NUMBER
+
+
 def _typed(section, key, value, spec):
     """value converted to the field's type, or ConfigError naming what was expected."""
     kind = type(spec.default if spec.default is not dataclasses.MISSING else
@@ -44,40 +66,45 @@ def _typed(section, key, value, spec):
     where = f"{section}.{key}"
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {shown(value)}")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {shown(value)}")
     elif kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not math.isfinite(value):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
+            raise ConfigError(f"{where} must be a number, got {shown(value)}")
         value = float(value)
     elif kind is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list like [1, 2], got {value!r}")
+            raise ConfigError(f"{where} must be a list like [1, 2], got {shown(value)}")
     elif kind is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table like {{width = 64}}, got {value!r}")
+            raise ConfigError(f"{where} must be a table like {{width = 64}}, got "
+                              f"{shown(value)}")
     elif not isinstance(value, str):
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {shown(value)}")
+    if _too_large(value):
+        raise ConfigError(f"{where} = {shown(value)} is beyond +-{MAX_NUMBER:g}, the range of "
+                          "every number in a config")
     choices = spec.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{where} = {shown(value)} is not one of {', '.join(choices)}")
     return value
 
 
 def _set(config, section, key, value):
     parts = sections(config)
     if section not in parts:
-        raise ConfigError(f"unknown section [{section}]; sections are {', '.join(parts)}")
+        raise ConfigError(f"unknown section [{shown(section)[1:-1]}]; sections are "
+                          f"{', '.join(parts)}")
     specs = {f.name: f for f in fields(parts[section])}
     table, dot, entry = key.partition(".")
     if dot and table in specs and isinstance(getattr(parts[section], table), dict):
         getattr(parts[section], table)[entry] = value  # model.options.width=64
         return
     if key not in specs:
-        raise ConfigError(f"unknown key {section}.{key}; [{section}] has "
+        raise ConfigError(f"unknown key {section}.{shown(key)[1:-1]}; [{section}] has "
                           f"{', '.join(specs)}")
     setattr(parts[section], key, _typed(section, key, value, specs[key]))
 
@@ -88,6 +115,8 @@ def _parse_value(text):
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"value {shown(text)} is nested too deeply") from None
 
 
 def load(path=None, overrides=(), resume=None, base=None):
@@ -124,17 +153,19 @@ def compose(text, overrides=(), source="config", base=None):
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: its values are nested too deeply") from None
     config = copy.deepcopy(base) if base is not None else Config()
     for section, values in document.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: top-level key {section!r} must be a [section]")
+            raise ConfigError(f"{source}: top-level key {shown(section)} must be a [section]")
         for key, value in values.items():
             _set(config, section, key, value)
     for item in overrides:
         name, equals, text = item.partition("=")
         section, dot, key = name.strip().partition(".")
         if not equals or not dot:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {shown(item)} must look like section.key=value")
         _set(config, section, key, _parse_value(text.strip()))
     return config
 
@@ -183,6 +214,16 @@ def _nccl_needs_a_gpu(c, resume):
 
 
 @rule
+def _eps_holds_in_the_training_dtype(c, resume):
+    """`optim.eps` is a normal number of `train.dtype` (float32's smallest is 1.2e-38): one
+    that rounds to 0 or a denormal divides by (almost) nothing."""
+    tiny = float(numpy.finfo(c.train.dtype).tiny)
+    if c.optim.eps < tiny:
+        return (f"optim.eps = {c.optim.eps!r} vanishes in train.dtype = {c.train.dtype} "
+                f"(its smallest normal number is {tiny:.3g}): raise it (1e-8 is usual)")
+
+
+@rule
 def _resume_auto_needs_a_run_dir(c, resume):
     """`--resume auto` needs `log.run_dir` (the run to resume)."""
     if resume == "auto" and not c.log.run_dir:
@@ -198,7 +239,7 @@ def validate(config, resume=None):
             setattr(section, f.name, value)
             check = f.metadata.get("check")
             if check is not None and not check.accepts(value):
-                raise ConfigError(f"{name}.{f.name} must be {check.says}, got {value!r}")
+                raise ConfigError(f"{name}.{f.name} must be {check.says}, got {shown(value)}")
     for check in RULES:
         message = check(config, resume)
         if message:
@@ -292,6 +333,8 @@ def reference():
             "`model.options.width=64`). The run directory's `config.toml` holds the resolved "
             "configuration. Unknown sections and keys, wrong types and values outside their "
             "valid range are refused with one message naming the valid choices (exit 2); "
+            f"every number a config holds lies within +-{MAX_NUMBER:g}, and paths within the "
+            "file system's limits; "
             "`python -m dist_nn.config [--config FILE] [--resume auto|PATH] KEY=VALUE ...` "
             "checks a configuration exactly as `python -m dist_nn.train` does, without "
             "training.", ""]

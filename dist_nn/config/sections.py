@@ -5,7 +5,8 @@ docs/configuration.md is generated from these declarations (`python -m dist_nn.c
 from dataclasses import dataclass, field
 
 from .. import models, optim
-from .values import Check, above, at_least, items, off_or_above, text, within
+from ..data import augment
+from .values import Check, above, at_least, items, off_or_above, path, text, within
 
 
 def option(default, help, choices=None, check=None):
@@ -36,9 +37,9 @@ WITH_MOMENTUM = tuple(name for name, kind in optim.OPTIMIZERS.items()
 
 POSITIVE, NON_NEGATIVE, PROBABILITY = at_least(1), at_least(0), within(0, 1)
 WIDTHS = items(int, POSITIVE, nonempty=True)
-BUILDER = Check(lambda v: v in MODELS or (":" in v and "\0" not in v),
-                f"one of {', '.join(MODELS)}, or an import path \"package.module:function\"",
-                "vgg")
+BUILDER = Check(lambda v: v in MODELS or (":" in v and "\0" not in v and len(v) <= 1000),
+                f"one of {', '.join(MODELS)}, or an import path \"package.module:function\" "
+                "(at most 1000 characters)", "vgg")
 KEYWORDS = Check(lambda v: all(k.isidentifier() for k in v),
                  "a table of keyword arguments (names like width)", {"2x": 1})
 
@@ -62,7 +63,7 @@ class Model:
                             check=WIDTHS)
     fc: int = option(128, "cnn: width of the fully connected layer", check=POSITIVE)
     init_from: str = option("", "transfer learning: a checkpoint (or converted PyTorch state "
-                                "dict) whose matching weights initialise the model", check=text())
+                                "dict) whose matching weights initialise the model", check=path())
     freeze: list = option([], "transfer learning: parameter-name prefixes to freeze "
                               "(e.g. [\"conv1\", \"layer1\"]); frozen weights are not trained "
                               "and not synchronised", check=items(str, text(nonempty=True)))
@@ -71,7 +72,7 @@ class Model:
 @dataclass
 class Data:
     path: str = option("digits", "an HDF5 file, a glob of shard files, or `digits` (embedded)",
-                       check=text(nonempty=True))
+                       check=path(nonempty=True))
     batch_size: int = option(0, "samples per rank per step; 0: global_batch_size split "
                                 "among the ranks", check=NON_NEGATIVE)
     global_batch_size: int = option(64, "samples per step over all ranks, when batch_size is "
@@ -90,7 +91,7 @@ class Augment:
                        check=NON_NEGATIVE)
     rotate: float = option(0.0, "maximum rotation in degrees", check=within(0, 180))
     scale: float = option(0.0, "maximum relative zoom in or out",
-                          check=within(0, 1, open_high=True))
+                          check=within(0, augment.MAX_SCALE))
     brightness: float = option(0.0, "maximum brightness shift (normalised units)",
                                check=NON_NEGATIVE)
     contrast: float = option(0.0, "maximum relative contrast change", check=PROBABILITY)
@@ -204,7 +205,7 @@ class Checkpoint:
 @dataclass
 class Log:
     run_dir: str = option("", "the run directory (default: runs/<timestamp>); `--resume "
-                              "auto` resumes from its newest valid checkpoint", check=text())
+                              "auto` resumes from its newest valid checkpoint", check=path())
     overwrite: bool = option(False, "a fresh run may take a run directory holding another "
                                     "run's checkpoints (they are deleted); false: refused")
     every_steps: int = option(10, "write a training record every this many steps",

@@ -55,6 +55,20 @@ def items(kind, check=None, length=None, nonempty=False, ascending=False):
     return Check(accepts, says, bad)
 
 
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of a path component and of a path (Linux's limits)
+
+
+def path(nonempty=False):
+    """A file-system path: text without NUL whose components and whole fit the file
+    system's limits (longer ones fail every file call)."""
+    def ok(v):
+        encoded = v.encode(errors="surrogateescape")
+        return "\0" not in v and (v or not nonempty) and len(encoded) <= PATH_MAX and \
+            all(len(part) <= NAME_MAX for part in encoded.split(b"/"))
+    return Check(ok, f"a path{' (non-empty)' if nonempty else ''} without NUL, each name at "
+                     f"most {NAME_MAX} bytes, at most {PATH_MAX} in all", "a" * (NAME_MAX + 1))
+
+
 def text(nonempty=False):
     """A string (a path, a name): no NUL characters, which no file name can hold."""
     return Check(lambda v: "\0" not in v and (v or not nonempty),

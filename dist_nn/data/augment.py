@@ -13,6 +13,8 @@ import numpy
 
 from .. import backend
 
+MAX_SCALE = 0.99  # a zoom out by 1 or more would leave nothing of the image
+
 
 def _check_range(name, value, low, high=float("inf"), integer=False):
     if integer and int(value) != value or not low <= value <= high:
@@ -149,7 +151,7 @@ class Scale(Op):
 
     def __init__(self, amount=0.1, p=0.5):
         super().__init__(p)
-        self.amount = _check_range("amount", amount, 0.0, 0.99)
+        self.amount = _check_range("amount", amount, 0.0, MAX_SCALE)
 
     def draw(self, rng, shape, strength=1.0):
         chosen = rng.random(shape[0]) < self.p

@@ -9,6 +9,7 @@ import h5py
 import numpy
 
 MAX_CLASSES = 1_000_000  # the classifier alone would hold num_classes x width weights
+STD_MIN = float(numpy.finfo(numpy.float32).tiny)  # a smaller std divides to Inf in float32
 
 
 class DataError(ValueError):
@@ -97,8 +98,9 @@ def check_attributes(file, h, channels):
                 not numpy.isfinite(values).all():
             raise DataError(f"{file}: {name} must hold {channels} finite numbers (one per "
                             f"channel), got {_show(values)}")
-        if name == "std" and (values <= 0).any():
-            raise DataError(f"{file}: std must be > 0 in every channel, got {_show(values)}")
+        if name == "std" and (values < STD_MIN).any():  # divided by, in float32
+            raise DataError(f"{file}: std must be > 0 in every channel (at least float32's "
+                            f"smallest normal number, {STD_MIN:.3g}), got {_show(values)}")
     if "class_names" in h.attrs:
         names = numpy.asarray(h.attrs["class_names"])
         if names.shape != (int(classes),) or names.dtype.kind not in "OSU":

@@ -68,7 +68,10 @@ LIES = {
     "NaN mean": (lambda tmp, s: write_raw(tmp / "n.h5", *s, attrs={"mean": [0, np.nan, 0]}),
                  r"mean must hold 3 finite numbers .* got \[ 0. nan  0.\]"),
     "zero std": (lambda tmp, s: write_raw(tmp / "s.h5", *s, attrs={"std": [1, 0, 1]}),
-                 r"std must be > 0 in every channel, got \[1 0 1\]"),
+                 r"std must be > 0 in every channel \(at least float32.s smallest normal number, "
+                 r"1.18e-38\), got \[1 0 1\]"),
+    "denormal std": (lambda tmp, s: write_raw(tmp / "d.h5", *s, attrs={"std": [1, 1e-40, 1]}),
+                     r"std must be > 0 in every channel \(at least float32.s smallest normal"),
     "class names of another count": (
         lambda tmp, s: write_raw(tmp / "k.h5", *s, attrs={"class_names": ["cat", "dog"]}),
         r"class_names must be 10 strings \(one per class\)"),

@@ -265,6 +265,12 @@ class Device:
     def compute_capability(self):
         return "90"
 
+    @property
+    def mem_info(self):
+        """(free, total) bytes: an H100's, as a fresh process sees it."""
+        touch(self.id)
+        return 79 * 2**30, 80 * 2**30
+
     def __enter__(self):
         self._previous.append(current_device_id())
         self.use()
