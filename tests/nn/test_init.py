@@ -112,6 +112,6 @@ def test_draws_repeat_after_seeding_and_agree_across_ranks():
 
 def test_a_weight_beyond_the_free_memory_is_refused_before_it_is_drawn():
     with pytest.raises(ValueError, match=r"a weight of shape \(1000000, 1000000\) needs "
-                                         r"14901161.2 GiB with its gradient and optimizer "
+                                         r"14901.2 GiB with its gradient and optimizer "
                                          r"state, more than the .* GiB free"):
         nn.Linear(10**6, 10**6)
