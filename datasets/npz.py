@@ -11,6 +11,8 @@ import zipfile
 import numpy
 from numpy.lib import format as npy
 
+from dist_nn import backend
+
 from .common import DAMAGED, check_labels, piece_samples, read_exact, write
 
 
@@ -111,11 +113,17 @@ def _samples_header(archive, path, key, channels_last):
 
 
 def _labels(archive, path, key, count):
-    """The labels array `key`, checked to hold one label per sample."""
-    shape = _header(archive, path, key)[0]
+    """The labels array `key`, checked to hold one label per sample, and to fit in memory
+    before it is read (a few MB of zip can declare gigabytes of zeros)."""
+    shape, _, dtype = _header(archive, path, key)
     if shape != (count,):
         raise ValueError(f"{path}:{key} has shape {shape}; expected ({count},), one label per "
                          "sample")
+    need = 3 * count * max(dtype.itemsize, 8)  # read, joined, checked as int64
+    if need > backend.free_memory():
+        raise ValueError(f"{path}:{key} declares {count} labels, {need / 2**30:.1f} GiB to "
+                         f"read and check, more than the {backend.free_memory() / 2**30:.1f} "
+                         "GiB free")
     return numpy.concatenate(list(_rows(archive, path, key)))
 
 

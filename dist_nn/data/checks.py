@@ -67,8 +67,19 @@ def _check_local(file, h, path):
                         "data themselves")
 
 
+MAX_CHUNK_BYTES = 256 * 2**20  # a chunk is read (and decompressed) whole
+
+
 def _check_stored(file, dataset):
-    """The file stores every chunk (or all bytes) the dataset declares."""
+    """The file stores every chunk (or all bytes) the dataset declares, in chunks that a
+    read can hold: a chunk is decompressed whole, and a few KB of gzip expand to a GB."""
+    if dataset.chunks is not None:
+        expanded = int(numpy.prod(dataset.chunks, dtype=object)) * dataset.dtype.itemsize
+        if expanded > MAX_CHUNK_BYTES:
+            raise DataError(f"{file}: {dataset.name} has chunks of {dataset.chunks}, "
+                            f"{expanded / 2**20:.0f} MiB each when read (at most "
+                            f"{MAX_CHUNK_BYTES // 2**20} MiB): write it with smaller chunks "
+                            "(python -m datasets writes them so)")
     if dataset.chunks is None:
         stored = dataset.id.get_storage_size()
         declared = dataset.size * dataset.dtype.itemsize

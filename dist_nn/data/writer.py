@@ -21,6 +21,8 @@ import h5py
 import numpy
 from tqdm import tqdm
 
+from .checks import MAX_CLASSES, STD_MIN
+
 SAMPLE_DTYPES = (numpy.uint8, numpy.float32)
 FORMAT_VERSION = 2  # 2: Fletcher-32 checksums; caches of files we build carry it in their name
 CHUNK_BYTES = 1 << 20  # default chunk: about 1 MiB of samples
@@ -66,8 +68,8 @@ class DatasetWriter:
         if shards < 1 or shards > min(counts.values()):
             raise ValueError(f"shards must be between 1 and the smallest split size "
                              f"({min(counts.values())}), got {shards}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 1 <= num_classes <= MAX_CLASSES:  # what the trainer accepts (checks.py)
+            raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
         self.num_classes, self.sample_shape, self.dtype = num_classes, tuple(sample_shape), dtype
         self.counts, self.source, self.attrs = dict(counts), source, dict(attrs or {})
         self.paths = shard_paths(path, shards)
@@ -140,6 +142,10 @@ class DatasetWriter:
         n = self.counts["train"] * int(numpy.prod(self.sample_shape[1:]))
         mean = self.sums[0] / n
         std = numpy.sqrt(numpy.maximum(self.sums[1] / n - mean * mean, 0.0))
+        if (std < STD_MIN).any():  # the trainer divides by it: refused here, not there
+            raise ValueError(f"the train samples are constant in channel "
+                             f"{int(numpy.argmax(std < STD_MIN))} (std {std.min():g}): "
+                             "nothing to learn from it, and nothing to normalise by")
         for f in self.files:
             f.attrs.update(self.attrs)
             f.attrs.update(num_classes=self.num_classes, mean=mean, std=std, source=self.source)

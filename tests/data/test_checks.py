@@ -43,6 +43,16 @@ def external_storage(path, samples):
     return path
 
 
+def bomb(path, samples):
+    """gzip chunks of 1 GiB of zeros each: a few MB of file, 24 GB of memory when read."""
+    write_raw(path, *samples)
+    with h5py.File(path, "a") as f:
+        del f["train/x"]
+        f.create_dataset("train/x", (len(samples[0]), 1024, 1024, 1024), np.uint8,
+                         chunks=(1, 1024, 1024, 1024), compression="gzip")
+    return path
+
+
 def fifo(path, samples):
     import os
     os.mkfifo(path)  # open() would wait for a writer forever
@@ -79,6 +89,9 @@ LIES = {
                       "/train/x is an external link to target.h5"),
     "external raw storage": (lambda tmp, s: external_storage(tmp / "x.h5", s),
                              r"/train/x keeps its data in external files \(raw.bin, ...\)"),
+    "a decompression bomb": (lambda tmp, s: bomb(tmp / "b.h5", s),
+                             r"/train/x has chunks of \(1, 1024, 1024, 1024\), 1024 MiB each "
+                             r"when read \(at most 256 MiB\)"),
     "a FIFO": (lambda tmp, s: fifo(tmp / "pipe.h5", s),
                "is not a regular file \\(a directory, FIFO or device\\)"),
     "val samples of another shape": (

@@ -102,3 +102,42 @@ def test_command_line_entry_point(tmp_path):
                          text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("python -m datasets npz: error: ") and "no such file" in run.stderr
+
+
+def declared_only(path, arrays):
+    """An .npz whose members declare the given shapes in their .npy headers and hold a few
+    bytes: what a zip of 3e8 compressed zeros looks like before it is read."""
+    import io
+    import zipfile
+    from numpy.lib import format as npy
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, (shape, dtype) in arrays.items():
+            header = io.BytesIO()
+            npy.write_array_header_1_0(header, {"descr": npy.dtype_to_descr(numpy.dtype(dtype)),
+                                                "fortran_order": False, "shape": shape})
+            archive.writestr(f"{key}.npy", header.getvalue() + b"\0" * 64)
+    return path
+
+
+def test_labels_beyond_the_free_memory_are_refused_before_they_are_read(tmp_path):
+    count = 10**12
+    path = declared_only(tmp_path / "bomb.npz", {"x": ((count, 1, 8, 8), numpy.uint8),
+                                                 "y": ((count,), numpy.int64)})
+    with pytest.raises(ValueError, match=r"bomb.npz:y declares 1000000000000 labels, 22351.7 "
+                                         r"GiB to read and check, more than the .* GiB free"):
+        npz.convert(path, tmp_path / "out.h5")
+
+
+def test_what_the_trainer_would_refuse_is_not_written(tmp_path):
+    rng = numpy.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 1, 4, 4), dtype=numpy.uint8)
+    numpy.savez(tmp_path / "many.npz", x=x, y=numpy.array([0] * 7 + [10**12]))
+    with pytest.raises(ValueError, match=r"num_classes must be in \[1, 1000000\], got "
+                                         r"1000000000001"):
+        npz.convert(tmp_path / "many.npz", tmp_path / "many.h5", layout="nchw")
+    numpy.savez(tmp_path / "flat.npz", x=numpy.full((8, 1, 4, 4), 7, numpy.uint8),
+                y=numpy.arange(8) % 2)
+    with pytest.raises(ValueError, match=r"the train samples are constant in channel 0 "
+                                         r"\(std 0\)"):
+        npz.convert(tmp_path / "flat.npz", tmp_path / "flat.h5", layout="nchw")
+    assert not list(tmp_path.glob("*.h5"))
