@@ -65,16 +65,35 @@ def _scan(root, classes=None):
     return classes, files
 
 
-def _decode(path, mode, size):
-    """The image at `path` as a (C, H, W) uint8 array in `mode`, resized to size (H, W)."""
+MAX_PIXELS = 40_000_000  # 160 MB decoded as RGBA: a bigger image is refused from its header
+
+
+def _decode(path, mode, size, reference=None):
+    """The image at `path` as a (C, H, W) uint8 array in `mode`, resized to size (H, W).
+    Its header is read first: an image of more than MAX_PIXELS, or (with `reference`, the
+    (file, (H, W)) that all must share) of another size, is refused before it is decoded."""
     try:
-        with Image.open(path) as opened:
+        opened = Image.open(path)  # its header only
+    except Image.DecompressionBombError as error:  # a header claiming billions of pixels
+        raise ValueError(f"{path}: refused as a decompression bomb ({error})") from None
+    except (OSError, ValueError) as error:  # Pillow: unknown format, damaged or truncated
+        raise ValueError(f"{path}: cannot decode the image ({error})") from None
+    with opened:
+        width, height = opened.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{path}: {width}x{height} pixels, more than "
+                             f"{MAX_PIXELS // 10**6} million: too large to decode")
+        if reference is not None and size is None and (height, width) != reference[1]:
+            raise ValueError(f"{path}: {height}x{width} pixels, but {reference[0]} has "
+                             f"{reference[1][0]}x{reference[1][1]}; images must share one "
+                             "size (or pass --size H W to resize them)")
+        try:
             image = opened.convert(mode)
             if size is not None:
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = numpy.asarray(image)
-    except (OSError, ValueError) as error:  # Pillow: unknown format, damaged or truncated
-        raise ValueError(f"{path}: cannot decode the image ({error})") from None
+        except (OSError, ValueError) as error:  # damaged or truncated pixel data
+            raise ValueError(f"{path}: cannot decode the image ({error})") from None
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
@@ -85,10 +104,5 @@ def _blocks(files, mode, size, shape, reference):
         part = files[start:start + step]
         x = numpy.empty((len(part),) + shape, dtype=numpy.uint8)
         for i, (path, _) in enumerate(part):
-            pixels = _decode(path, mode, size)
-            if pixels.shape != shape:
-                raise ValueError(f"{path}: {pixels.shape[1]}x{pixels.shape[2]} pixels, but "
-                                 f"{reference} has {shape[1]}x{shape[2]}; images must share one "
-                                 "size (or pass --size H W to resize them)")
-            x[i] = pixels
+            x[i] = _decode(path, mode, size, (reference, shape[1:]))
         yield x, numpy.array([label for _, label in part], dtype=numpy.int64)

@@ -107,3 +107,29 @@ def test_malformed_folders(folder, tmp_path):
     (root / "fox").mkdir()
     with pytest.raises(ValueError, match="fox: empty class folder"):
         imagefolder.convert(root, out)
+
+
+def png_header(path, width, height):
+    """A PNG that declares width x height 8-bit gray pixels in its header and holds none:
+    what a decompression bomb shows before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" +
+                     chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+                     chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, message", [
+    (10_000, r"huge.png: 10000x10000 pixels, more than 40 million: too large to decode"),
+    (50_000, r"huge.png: refused as a decompression bomb \(Image size \(2500000000 pixels\)"),
+])
+def test_an_image_too_large_is_refused_from_its_header(folder, tmp_path, side, message):
+    root, _, _ = folder
+    png_header(root / "dog" / "huge.png", side, side)
+    with pytest.raises(ValueError, match=message):
+        imagefolder.convert(root, tmp_path / "f.h5", val_fraction=0, size=(8, 8))
+    assert list(tmp_path.glob("f*")) == []
