@@ -5,6 +5,7 @@ import zlib
 
 import numpy
 
+from dist_nn import backend
 from dist_nn.data import DatasetWriter
 
 PIECE_BYTES = 8 << 20  # samples handed to the writer at once
@@ -46,6 +47,15 @@ def read_exact(f, size, where):
     if len(data) != size:
         raise ValueError(f"{where} is truncated: expected {size} more bytes, found {len(data)}")
     return data
+
+
+def check_labels_fit(count, item_bytes, where):
+    """ValueError unless `count` labels, read whole (then joined and checked as int64), fit
+    in the free memory: a few MB of compressed zeros can declare gigabytes."""
+    need = 3 * count * max(item_bytes, 8)
+    if need > backend.free_memory():
+        raise ValueError(f"{where} declares {count} labels, {need / 2**30:.1f} GiB to read and "
+                         f"check, more than the {backend.free_memory() / 2**30:.1f} GiB free")
 
 
 def check_labels(labels, num_classes, where):

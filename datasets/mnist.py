@@ -11,7 +11,7 @@ import struct
 
 import numpy
 
-from .common import check_labels, piece_samples, read, read_exact, write
+from .common import check_labels, check_labels_fit, piece_samples, read, read_exact, write
 
 CLASSES = 10
 IMAGES, LABELS = 2051, 2049
@@ -72,6 +72,7 @@ def _check_end(f, path):
 def _read_labels(path):
     with _open(path) as f:
         count, = _header(f, path, LABELS)
+        check_labels_fit(count, 1, path)
         labels = numpy.frombuffer(read_exact(f, count, path), numpy.uint8)
         _check_end(f, path)
     return check_labels(labels, CLASSES, path)

@@ -11,9 +11,7 @@ import zipfile
 import numpy
 from numpy.lib import format as npy
 
-from dist_nn import backend
-
-from .common import DAMAGED, check_labels, piece_samples, read_exact, write
+from .common import DAMAGED, check_labels, check_labels_fit, piece_samples, read_exact, write
 
 
 LAYOUTS = ("auto", "nchw", "nhwc")
@@ -119,11 +117,7 @@ def _labels(archive, path, key, count):
     if shape != (count,):
         raise ValueError(f"{path}:{key} has shape {shape}; expected ({count},), one label per "
                          "sample")
-    need = 3 * count * max(dtype.itemsize, 8)  # read, joined, checked as int64
-    if need > backend.free_memory():
-        raise ValueError(f"{path}:{key} declares {count} labels, {need / 2**30:.1f} GiB to "
-                         f"read and check, more than the {backend.free_memory() / 2**30:.1f} "
-                         "GiB free")
+    check_labels_fit(count, dtype.itemsize, f"{path}:{key}")
     return numpy.concatenate(list(_rows(archive, path, key)))
 
 

@@ -100,3 +100,17 @@ def test_damaged_gzip_stream(idx_files, tmp_path, change):
 def test_missing_directory(tmp_path):
     with pytest.raises(ValueError, match="absent: no such directory"):
         mnist.convert(tmp_path / "absent", tmp_path / "mnist.h5")
+
+
+def test_labels_declared_beyond_the_free_memory_are_refused_before_they_are_read(idx_files,
+                                                                                tmp_path):
+    from dist_nn import backend
+    if backend.free_memory() > 89 * 2**30:
+        pytest.skip("this machine could hold the 89 GiB: the idx format's largest count fits")
+    folder, _ = idx_files
+    # 4 billion labels declared, none stored: a gzip of zeros would hold them in a few MB
+    write_idx(folder / NAMES["train"][1], struct.pack(">II", 2049, 4_000_000_000),
+              gzipped=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte declares 4000000000 labels, "
+                                         r"89.4 GiB to read and check, more than the"):
+        mnist.convert(folder, tmp_path / "m.h5")
