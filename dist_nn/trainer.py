@@ -78,7 +78,7 @@ class Trainer:
                                               config.train.cuda_aware,
                                               watchdog_s=config.train.watchdog_s)
         self.say = print if self.comm.rank == 0 else (lambda *args, **kwargs: None)
-        self.metrics, self.log, self.run_dir = {}, None, None
+        self.metrics, self.log, self.run_dir, self.deadline = {}, None, None, None
         # rank 0: the newest checkpoint on disk (its step and path) and the last write error
         self.on_disk = {"step": None, "path": None, "error": None}
 
@@ -90,6 +90,9 @@ class Trainer:
         that failed on this rank only), TrainingStopped (a guard), StoppedBySignal (a signal,
         after a checkpoint) or CheckpointLost (finished, but the final checkpoint is not
         on disk)."""
+        watchdog_s = self.config.train.watchdog_s
+        self.deadline = distributed.StartupDeadline(self.comm, watchdog_s) if watchdog_s \
+            else None
         try:
             self.build()
             self.restore()
@@ -98,10 +101,12 @@ class Trainer:
                                           self.resumed and self.resumed.run_id, warn=self.say)
             self.log = self.open_metrics_log()
             self.stop_if_signalled()  # one that came during start-up: before a step
+            self.starting(None)  # started: from here on the watchdog times the collectives
             while not self.done():
                 self.train_epoch()
             self.finish()
         finally:  # also after an error: the directory is free for the next run at once
+            self.starting(None)
             if self.log is not None:
                 self.log.close()
             if self.run_dir is not None:
@@ -122,8 +127,18 @@ class Trainer:
         return bool(self.config.train.max_steps) and \
             self.position.step >= self.config.train.max_steps
 
+    def starting(self, phase):
+        """Say what start-up is doing (for the start-up deadline's message); None: done."""
+        if self.deadline is None:
+            return
+        if phase is None:
+            self.deadline.cancel()
+        else:
+            self.deadline.phase = phase
+
     # --- building ----------------------------------------------------------------------------
     def build(self):
+        self.starting("claiming the run directory")
         backend.use(dtype=self.config.train.dtype)
         configuration.check_world_size(self.config, self.comm.size)
         self.run_dir = run_dir.claim(self.config, self.comm, self.resume,
@@ -132,7 +147,9 @@ class Trainer:
         self.config.log.run_dir = str(self.run_dir.path)  # recorded: resume finds it
         self.say(f"run directory: {self.run_dir.path}")
         self.say("\n".join(distributed.placement(self.comm)), flush=True)
+        self.starting(f"opening the data ({self.config.data.path})")
         self.build_data()
+        self.starting("building the model")
         self.build_model()
         self.build_optimizer()
         c = self.config
@@ -244,10 +261,12 @@ class Trainer:
 
     def restore(self):
         """Continue from the checkpoint --resume found, then the --debug report."""
+        self.starting("restoring the checkpoint")
         if self.resume:
             self.resume_checkpoint()
         self.start_step = self.position.step  # a stop before it loses nothing
         if self.debug:
+            self.starting("checking the gradients (--debug)")
             if self.given_model is not None:
                 self.say("--debug: no gradient check of a model given to Trainer (it is "
                          "checked on a float64 twin built from model.name)")

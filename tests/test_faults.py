@@ -1,6 +1,7 @@
 """Fault injection under a real mpiexec: preemption signals, a killed rank, a kill during a
 checkpoint write, damaged checkpoints, a full disk."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,6 +91,19 @@ def test_a_signal_to_one_rank_checkpoints_and_resumes_exactly(tmp_path):
     assert a[2]["trainer"]["position"]["step"] == b[2]["trainer"]["position"]["step"] == 400
     for key in a[0]:
         np.testing.assert_array_equal(a[0][key], b[0][key], err_msg=key)
+
+
+def test_a_start_up_stuck_on_every_rank_is_named_and_ended(tmp_path):
+    """Every rank stuck opening the data (no rank in a collective for the watchdog to time):
+    the start-up deadline names the rank and what it was doing, and ends the job."""
+    began = time.monotonic()
+    code, out, err = finish(start(tmp_path / "run", *BASE, "train.watchdog_s=3",
+                                  fault=["stuck-open"]), timeout=60)
+    assert code not in (0, 2, 75), err
+    assert time.monotonic() - began < 40
+    assert re.search(r"\[rank [01]/2\] start-up: still opening the data \(digits\) after 3 s "
+                     r"\(train.watchdog_s\): a file system that does not answer\?; aborting "
+                     r"the job", err), err
 
 
 def test_kill_9_of_one_rank_ends_the_job(tmp_path):

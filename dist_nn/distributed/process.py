@@ -77,6 +77,29 @@ def abort_on_failure(comm):
         _LeavingGuard(comm)
 
 
+class StartupDeadline:
+    """Ends the job, naming this rank and what it was doing, when its start-up (everything
+    before the first training step) takes longer than `seconds`. The watchdog times
+    collectives; a rank stuck outside any (a file system that does not answer) is named
+    here, also when every rank is stuck alike. `phase` says what it is doing; cancel() once
+    training starts."""
+
+    def __init__(self, comm, seconds):
+        self.comm, self.phase = comm, "starting"
+        self._timer = threading.Timer(seconds, self._expire, args=(seconds,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, seconds):
+        sys.stderr.write(f"[rank {self.comm.rank}/{self.comm.size}] start-up: still "
+                         f"{self.phase} after {seconds:g} s (train.watchdog_s): a file system "
+                         "that does not answer?; aborting the job\n")
+        self.comm.abort(1)
+
+    def cancel(self):
+        self._timer.cancel()
+
+
 EXIT_GRACE_S = 10.0  # how long a rank leaving before allow_exit() waits for all to leave with it
 _exit_allowed = False
 

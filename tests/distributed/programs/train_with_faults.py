@@ -4,6 +4,8 @@
     slow-checkpoint MARKER  rank 0 writes MARKER (its pid) and sleeps inside the write of
                             the second checkpoint, before its rename: kill it there
     disk-full               the second checkpoint write fails with ENOSPC
+    stuck-open              every rank's open of the data file never returns (a file
+                            system that does not answer)
 """
 import errno
 import os
@@ -40,10 +42,20 @@ def disk_full():
     checkpoint.write = failing
 
 
+def stuck_open():
+    from dist_nn.data import dataset
+
+    def never_returns(file):
+        time.sleep(600)
+    dataset._open = never_returns
+
+
 if __name__ == "__main__":
     fault, *rest = sys.argv[1:]
     if fault == "slow-checkpoint":
         slow_checkpoint(rest.pop(0))
     elif fault == "disk-full":
         disk_full()
+    elif fault == "stuck-open":
+        stuck_open()
     sys.exit(train.main(rest))
