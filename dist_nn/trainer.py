@@ -221,6 +221,7 @@ class Trainer:
             error = failure
         # a builder that fails on one rank only: every rank says it, with that rank's number
         distributed.raise_together(comm, error, configuration.ConfigError)
+        self.check_activations_fit(self.model.kept_bytes() / models.PROBE)
         if c.model.init_from:
             self.say(transfer_weights(self.model, c.model.init_from))
         freeze(self.model, c.model.freeze)
@@ -239,6 +240,18 @@ class Trainer:
         self.guard = ExplosionGuard(c.train.explosion_factor,
                                     floor=math.log(split.num_classes))
         self.statistics = DebugStatistics(self.model) if self.debug else None
+
+    def check_activations_fit(self, bytes_per_sample):
+        """ConfigError when a step's micro-batch would keep more activations for backward than
+        the free memory holds (twice: backward's temporaries), said before it is tried."""
+        batch = -(-self.global_batch // self.comm.size)
+        need = 2 * bytes_per_sample * batch
+        if need > backend.free_memory():
+            raise configuration.ConfigError(
+                f"a batch of {batch} samples per rank keeps about {need / 2**30:.1f} GiB of "
+                f"activations for backward, more than the {backend.free_memory() / 2**30:.1f} "
+                "GiB free: lower data.global_batch_size (or data.batch_size; optim.accumulate "
+                "keeps the step's size), or make the model smaller")
 
     def build_optimizer(self):
         c = self.config

@@ -242,3 +242,17 @@ def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path):
     assert (first["epoch"], first["step"]) == (2, 44)  # epoch 1 improved on nothing
     again = Trainer(overrides=common, resume="auto", comm=LocalCommunicator()).fit()
     assert (again["epoch"], again["step"]) == (2, 44) and again["val_loss"] == first["val_loss"]
+
+
+def test_activations_beyond_the_free_memory_are_refused_before_a_step(tmp_path):
+    """Weights that fit but a batch whose activations do not: one ConfigError naming the
+    batch, not a process killed for memory (the estimate: the activations the model keeps
+    for two samples, scaled to the rank's batch)."""
+    with pytest.raises(ConfigError, match=r"a batch of 1400 samples per rank keeps about "
+                                          r"[\d.]+ GiB of activations for backward, more than "
+                                          r"the [\d.]+ GiB free: lower data.global_batch_size"):
+        Trainer(overrides=[f"log.run_dir={tmp_path / 'run'}", "model.name=cnn",
+                           "model.channels=[200000]", "model.fc=1",
+                           "data.global_batch_size=1400", *QUIET],
+                comm=LocalCommunicator()).fit()
+    assert not list((tmp_path / "run").glob("checkpoints/*.h5"))

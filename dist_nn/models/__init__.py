@@ -76,6 +76,9 @@ def build(name, input_shape, num_classes, **options):
     return check_fits(model, input_shape, num_classes, repr(name))
 
 
+PROBE = 2  # samples of check_fits' forward pass (the model keeps its activations after it)
+
+
 def check_fits(model, input_shape, num_classes, name="model"):
     """`model`, when it is an nn.Module mapping a batch of inputs of `input_shape` to one
     output per class; else a ModelError saying what does not fit. Probes a batch of 2 in
@@ -84,7 +87,7 @@ def check_fits(model, input_shape, num_classes, name="model"):
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name}: the builder returned {type(model).__name__}, not a "
                          "dist_nn nn.Module")
-    probe = backend.xp.zeros((2, *input_shape), dtype=backend.float_dtype)
+    probe = backend.xp.zeros((PROBE, *input_shape), dtype=backend.float_dtype)
     model.eval()
     try:
         shape = tuple(model.forward(probe).shape)

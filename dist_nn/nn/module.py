@@ -106,6 +106,17 @@ class Module:
         for name, value in arrays.items():
             object.__setattr__(self, name, value if enabled else None)
 
+    def kept_bytes(self):
+        """Bytes of the arrays this module and its descendants keep for backward now (after
+        a forward outside no_grad()): a batch's activation memory."""
+        total = 0
+        for _, module in self.named_modules():
+            for value in vars(module).values():
+                if not isinstance(value, Parameter) and hasattr(value, "nbytes") and \
+                        hasattr(value, "shape"):
+                    total += value.nbytes
+        return total
+
     def kept(self, value):
         """`value` (a kept array), or a clear error when forward ran inside no_grad()."""
         if value is None:
