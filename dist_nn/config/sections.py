@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from .. import models, optim
 from ..data import augment
-from .values import Check, above, at_least, items, off_or_above, path, text, within
+from .values import (Check, above, at_least, items, off_or_above, off_or_at_least, path,
+                     text, within)
 
 
 def option(default, help, choices=None, check=None):
@@ -170,8 +171,9 @@ class Train:
     bucket_mb: float = option(25.0, "gradient allreduce bucket size", check=above(0))
     overlap: bool = option(True, "start each bucket's allreduce during backward")
     watchdog_s: float = option(300.0, "abort the job, naming the missing ranks, when a "
-                                      "collective waits longer than this (0 turns it off)",
-                               check=NON_NEGATIVE)
+                                      "collective waits longer than this, or start-up takes "
+                                      "longer (seconds; 0 turns it off)",
+                               check=off_or_at_least(1))
     early_stopping_patience: int = option(0, "if > 0: stop after this many epochs without "
                                              "improvement of early_stopping_metric",
                                           check=NON_NEGATIVE)

@@ -30,6 +30,11 @@ def within(low, high, open_high=False, open_low=False):
                  high + 1)
 
 
+def off_or_at_least(low):
+    """0 (off) or >= low."""
+    return Check(lambda v: v == 0 or v >= low, f"0 (off) or >= {low}", low / 2)
+
+
 def off_or_above(low):
     """0 (off) or > low."""
     return Check(lambda v: v == 0 or v > low, f"0 (off) or > {low}", low)
