@@ -88,8 +88,8 @@ class Trainer:
         run_dir, step, epoch, train_loss/train_accuracy and, with a validation split,
         val_loss/val_accuracy. Raises ConfigError/DataError (bad input; DataReadError: a read
         that failed on this rank only), TrainingStopped (a guard), StoppedBySignal (a signal,
-        after a checkpoint) or CheckpointLost (finished, but the final checkpoint is not
-        on disk)."""
+        after a checkpoint) or CheckpointLost (finished or stopped, but the checkpoint of
+        the step reached is not on disk)."""
         watchdog_s = self.config.train.watchdog_s
         self.deadline = distributed.StartupDeadline(self.comm, watchdog_s) if watchdog_s \
             else None
