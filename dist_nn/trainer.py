@@ -91,8 +91,8 @@ class Trainer:
         after a checkpoint) or CheckpointLost (finished or stopped, but the checkpoint of
         the step reached is not on disk)."""
         watchdog_s = self.config.train.watchdog_s
-        self.deadline = distributed.StartupDeadline(self.comm, watchdog_s) if watchdog_s \
-            else None
+        self.deadline = distributed.StartupDeadline(self.comm, watchdog_s, self.preemption) \
+            if watchdog_s else None
         try:
             self.build()
             self.restore()

@@ -106,6 +106,23 @@ def test_a_start_up_stuck_on_every_rank_is_named_and_ended(tmp_path):
                      r"the job", err), err
 
 
+def test_a_stop_signal_ends_a_start_up_stuck_outside_any_collective(tmp_path):
+    """SIGUSR1 to a rank whose start-up is stuck opening the data (where a signal only sets
+    a flag): the job ends with 75 soon after, nothing having been trained."""
+    job = start(tmp_path / "run", *BASE, "train.watchdog_s=120", fault=["stuck-open"])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "run" / "run.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # both ranks inside the open that never returns
+    os.kill(rank_pid(tmp_path / "run", 1), signal.SIGUSR1)
+    began = time.monotonic()
+    code, out, err = finish(job, timeout=60)
+    assert code == 75, f"exit {code}\n{out}\n{err}"
+    assert time.monotonic() - began < 30
+    assert re.search(r"\[rank 1/2\] preempted \(SIGUSR1\) during start-up, still opening the "
+                     r"data \(digits\): no step trained, nothing to lose; exiting with 75", err)
+
+
 def test_kill_9_of_one_rank_ends_the_job(tmp_path):
     job = start(tmp_path / "run", *BASE, "train.epochs=200")
     wait_for_step(tmp_path / "run", 6, job)

@@ -77,27 +77,45 @@ def abort_on_failure(comm):
         _LeavingGuard(comm)
 
 
+SIGNAL_GRACE_S = 10.0  # a stop signal during start-up: the time start-up has to reach its vote
+
+
 class StartupDeadline:
     """Ends the job, naming this rank and what it was doing, when its start-up (everything
-    before the first training step) takes longer than `seconds`. The watchdog times
-    collectives; a rank stuck outside any (a file system that does not answer) is named
-    here, also when every rank is stuck alike. `phase` says what it is doing; cancel() once
-    training starts."""
+    before the first training step) takes longer than `seconds`, or goes on more than
+    SIGNAL_GRACE_S after a stop signal (`stop`: the PreemptionSignal) with 75 or 130, as
+    nothing was trained. The watchdog times collectives; a rank stuck outside any (a file
+    system that does not answer, where a signal only sets a flag) is ended here, also when
+    every rank is stuck alike. `phase` says what it is doing; cancel() once training starts."""
 
-    def __init__(self, comm, seconds):
-        self.comm, self.phase = comm, "starting"
-        self._timer = threading.Timer(seconds, self._expire, args=(seconds,))
-        self._timer.daemon = True
-        self._timer.start()
+    def __init__(self, comm, seconds, stop=None):
+        self.comm, self.phase, self.seconds, self.stop = comm, "starting", seconds, stop
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="start-up deadline", daemon=True).start()
 
-    def _expire(self, seconds):
-        sys.stderr.write(f"[rank {self.comm.rank}/{self.comm.size}] start-up: still "
-                         f"{self.phase} after {seconds:g} s (train.watchdog_s): a file system "
-                         "that does not answer?; aborting the job\n")
-        self.comm.abort(1)
+    def _watch(self):
+        began, signalled = time.monotonic(), None
+        while not self._done.wait(0.1):
+            now = time.monotonic()
+            if signalled is None and self.stop is not None and self.stop.received:
+                signalled = now
+            if signalled is not None and now - signalled > SIGNAL_GRACE_S:
+                code = self.stop.exit_code(self.stop.votes())
+                self._end(f"{'interrupted' if code == signals.EXIT_INTERRUPTED else 'preempted'}"
+                          f" ({self.stop.described()}) during start-up, still {self.phase}: no "
+                          f"step trained, nothing to lose; exiting with {code}", code)
+            elif now - began > self.seconds:
+                self._end(f"start-up: still {self.phase} after {self.seconds:g} s "
+                          "(train.watchdog_s): a file system that does not answer?; aborting "
+                          "the job", 1)
+
+    def _end(self, message, code):
+        if not self._done.is_set():  # start-up may have ended meanwhile
+            sys.stderr.write(f"[rank {self.comm.rank}/{self.comm.size}] {message}\n")
+            self.comm.abort(code)
 
     def cancel(self):
-        self._timer.cancel()
+        self._done.set()
 
 
 EXIT_GRACE_S = 10.0  # how long a rank leaving before allow_exit() waits for all to leave with it
