@@ -53,9 +53,10 @@ def check_labels_fit(count, item_bytes, where):
     """ValueError unless `count` labels, read whole (then joined and checked as int64), fit
     in the free memory: a few MB of compressed zeros can declare gigabytes."""
     need = 3 * count * max(item_bytes, 8)
-    if need > backend.free_memory():
+    free = backend.free_memory()
+    if need > free:
         raise ValueError(f"{where} declares {count} labels, {need / 2**30:.1f} GiB to read and "
-                         f"check, more than the {backend.free_memory() / 2**30:.1f} GiB free")
+                         f"check, more than the {free / 2**30:.1f} GiB free")
 
 
 def check_labels(labels, num_classes, where):

@@ -226,6 +226,11 @@ def step_checkpoints(directory):
     return sorted(found, reverse=True)
 
 
+def lies_in(path, directory):
+    """Whether the checkpoint at `path` lies in `directory` (links resolved)."""
+    return Path(path).resolve().parent == Path(directory).resolve()
+
+
 def all_checkpoints(directory):
     """The step checkpoints (newest first) and best.h5 of a directory."""
     best = Path(directory) / BEST

@@ -57,8 +57,8 @@ def resumed_config(path, overrides, resume):
     for (section, key), value in NOT_INHERITED.items():
         setattr(getattr(recorded, section), key, value)
     config = configuration.loads(text, overrides, path or "config", resume, base=recorded)
-    own = resume == "auto" or (given.log.run_dir and Path(chosen).resolve().parent ==
-                               (Path(given.log.run_dir) / "checkpoints").resolve())
+    own = resume == "auto" or (given.log.run_dir and checkpoint.lies_in(
+        chosen, Path(given.log.run_dir) / "checkpoints"))
     if not own:  # the run's own model is named by resuming its directory
         try:
             check_chosen_by_user(config.model.name, model_named(text, overrides), chosen, "")

@@ -148,7 +148,7 @@ def _continues_its_run(config, run, resume, origin, warn):
     if resume:
         owner = next(filter(None, map(checkpoint.run_id, found[:3])), None)
         if (origin is not None and origin == owner) or \
-                Path(resume).resolve().parent == run.checkpoints.resolve():
+                checkpoint.lies_in(resume, run.checkpoints):
             return True
     names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
     if not config.log.overwrite:

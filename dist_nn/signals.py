@@ -69,6 +69,11 @@ class PreemptionSignal:
         return EXIT_PREEMPTED if preempted else None
 
 
+def stopped(code):
+    """How a run stopped with exit `code` is said: interrupted (130) or preempted (75)."""
+    return "interrupted" if code == EXIT_INTERRUPTED else "preempted"
+
+
 @contextlib.contextmanager
 def held():
     """Hold the stop signals back while a library starts that a signal could break (MPI's

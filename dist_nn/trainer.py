@@ -13,10 +13,9 @@ agreed through the per-step allreduce.
 import contextlib
 import math
 import time
-from pathlib import Path
 
 from . import backend, checkpoint, config as configuration, distributed, models, nn, optim
-from . import run_dir, saved
+from . import run_dir, saved, signals
 from .build import (data_path, freeze, has_split, make_augmenter, make_optimizer_and_sync,
                     make_schedules, transfer_weights)
 from .data import DistributedSampler, Loader, Subset, open_split
@@ -27,7 +26,7 @@ from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              write_debug_report)
 from .resume import resumed_config
 from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
-from .signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, PreemptionSignal
+from .signals import EXIT_PREEMPTED, PreemptionSignal
 
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
 EXIT_UNSAVED = 4  # finished or stopped, but the checkpoint of the step reached is lost
@@ -245,11 +244,11 @@ class Trainer:
         """ConfigError when a step's micro-batch would keep more activations for backward than
         the free memory holds (twice: backward's temporaries), said before it is tried."""
         batch = -(-self.global_batch // self.comm.size)
-        need = 2 * bytes_per_sample * batch
-        if need > backend.free_memory():
+        need, free = 2 * bytes_per_sample * batch, backend.free_memory()
+        if need > free:
             raise configuration.ConfigError(
                 f"a batch of {batch} samples per rank keeps about {need / 2**30:.1f} GiB of "
-                f"activations for backward, more than the {backend.free_memory() / 2**30:.1f} "
+                f"activations for backward, more than the {free / 2**30:.1f} "
                 "GiB free: lower data.global_batch_size (or data.batch_size; optim.accumulate "
                 "keeps the step's size), or make the model smaller")
 
@@ -304,7 +303,7 @@ class Trainer:
             self.say(warning)
         self.load_checkpoint(resumed.path, resumed.contents)
         self.resumed.contents = None  # the arrays are in the model now
-        if Path(resumed.path).resolve().parent == self.run_dir.checkpoints.resolve():
+        if checkpoint.lies_in(resumed.path, self.run_dir.checkpoints):
             self.on_disk.update(step=self.position.step, path=resumed.path)
         self.say(f"resumed from {resumed.path} at epoch {self.position.epoch}, step "
                  f"{self.position.step}")
@@ -507,11 +506,11 @@ class Trainer:
             self.save()
         unsaved = self.unsaved()
         distributed.allow_exit()  # rank 0's verdict is known: the others may leave
-        stopped = f"{'interrupted' if code == EXIT_INTERRUPTED else 'preempted'} " \
+        stopped = f"{signals.stopped(code)} " \
                   f"({self.preemption.described() or 'signal on another rank'})"
         if unsaved and step > self.start_step:
             raise CheckpointLost(f"{stopped} at step {step}, but {unsaved}: a restart "
-                                      f"would lose steps; exiting with {EXIT_UNSAVED}")
+                                 f"would lose steps; exiting with {EXIT_UNSAVED}")
         kept = f"the checkpoint of step {step} is on disk" if not unsaved else \
             f"no step trained since the start (step {step}): nothing to lose"
         self.say(f"{stopped}: {kept}; exiting with {code}"

@@ -101,9 +101,9 @@ class StartupDeadline:
                 signalled = now
             if signalled is not None and now - signalled > SIGNAL_GRACE_S:
                 code = self.stop.exit_code(self.stop.votes())
-                self._end(f"{'interrupted' if code == signals.EXIT_INTERRUPTED else 'preempted'}"
-                          f" ({self.stop.described()}) during start-up, still {self.phase}: no "
-                          f"step trained, nothing to lose; exiting with {code}", code)
+                self._end(f"{signals.stopped(code)} ({self.stop.described()}) during "
+                          f"start-up, still {self.phase}: no step trained, nothing to lose; "
+                          f"exiting with {code}", code)
             elif now - began > self.seconds:
                 self._end(f"start-up: still {self.phase} after {self.seconds:g} s "
                           "(train.watchdog_s): a file system that does not answer?; aborting "

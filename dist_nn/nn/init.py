@@ -73,10 +73,11 @@ def weight(shape, scheme="pytorch"):
     """A device weight array of `shape` drawn by `scheme` (a name in SCHEMES or a callable
     `scheme(shape) -> array`), in the backend's float dtype. All-zero results are refused."""
     need = TRAINING_COPIES * math.prod(shape) * backend.float_dtype().itemsize
-    if need > backend.free_memory():  # refused before it is drawn, not killed while drawn
+    free = backend.free_memory()
+    if need > free:  # refused before it is drawn, not killed while drawn
         raise ValueError(f"a weight of shape {tuple(shape)} needs {need / 2**30:.1f} GiB with "
                          f"its gradient and optimizer state, more than the "
-                         f"{backend.free_memory() / 2**30:.1f} GiB free: make the model smaller")
+                         f"{free / 2**30:.1f} GiB free: make the model smaller")
     if isinstance(scheme, str):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown init {scheme!r}; choose one of {sorted(SCHEMES)} "
