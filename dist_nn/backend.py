@@ -8,6 +8,7 @@ DIST_NN_DTYPE (float32|float64), read at import.
 import contextlib
 import ctypes
 import os
+import resource
 import sys
 import zlib
 
@@ -125,10 +126,16 @@ def read(*values):
 
 
 def free_memory():
-    """Bytes free for arrays on the active device: the GPU's free memory, or the host's
-    MemAvailable (Linux; else all physical memory)."""
+    """Bytes this process may still allocate for arrays on the active device: the GPU's free
+    memory, or on the host the least of MemAvailable, what its memory cgroups still allow
+    (a SLURM job's limit) and what its address-space limit (`ulimit -v`) leaves."""
     if device == "gpu":
         return cupy.cuda.Device().mem_info[0]
+    return min(_host_available(), *_cgroup_headroom(), _address_space_headroom())
+
+
+def _host_available():
+    """MemAvailable (Linux), else all physical memory."""
     try:
         with open("/proc/meminfo") as info:
             for line in info:
@@ -137,6 +144,75 @@ def free_memory():
     except (OSError, ValueError, IndexError):
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# cgroup v2 and v1 files: (limit, usage); the usage counts page cache, of which the inactive
+# part is reclaimed before the limit is enforced (as container runtimes count a working set)
+_CGROUP_FILES = {"cgroup2": ("memory.max", "memory.current", "inactive_file"),
+                 "cgroup": ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                            "total_inactive_file")}
+
+
+def _cgroup_headroom():
+    """Limit minus working set of each memory cgroup holding this process, its ancestors
+    included (a limit may sit on any of them); empty where there are none (not Linux)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            memberships = [line.rstrip("\n").split(":", 2) for line in f]
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return []
+    headroom = []
+    for fields in mounts:
+        kind = fields[fields.index("-") + 1]
+        if kind not in _CGROUP_FILES or kind == "cgroup" and "memory" not in fields[-1]:
+            continue
+        root, mount_point = fields[3], fields[4]
+        for _, controllers, path in memberships:
+            if (controllers == "") != (kind == "cgroup2") or \
+                    kind == "cgroup" and "memory" not in controllers.split(","):
+                continue
+            if not (path + "/").startswith(root.rstrip("/") + "/"):
+                continue  # this process's cgroup is not visible through this mount
+            folder = os.path.normpath(mount_point + "/" + path[len(root.rstrip("/")):])
+            while folder.startswith(mount_point):
+                room = _cgroup_room(folder, *_CGROUP_FILES[kind])
+                if room is not None:
+                    headroom.append(room)
+                if folder == mount_point:
+                    break
+                folder = os.path.dirname(folder)
+    return headroom
+
+
+def _cgroup_room(folder, limit_file, usage_file, inactive_key):
+    """A cgroup folder's limit minus its working set, or None if it sets no limit."""
+    try:
+        with open(os.path.join(folder, limit_file)) as f:
+            limit = f.read().strip()
+        with open(os.path.join(folder, usage_file)) as f:
+            usage = int(f.read())
+        with open(os.path.join(folder, "memory.stat")) as f:
+            stat = dict(line.split() for line in f)
+    except (OSError, ValueError):
+        return None
+    if limit == "max" or int(limit) >= 2**62:  # v1 writes "no limit" as a huge number
+        return None
+    return max(0, int(limit) - usage + int(stat.get(inactive_key, 0)))
+
+
+def _address_space_headroom():
+    """RLIMIT_AS minus this process's virtual size (what `ulimit -v` still allows)."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return float("inf")
+    try:
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return limit
+    return max(0, limit - size)
 
 
 def synchronize():

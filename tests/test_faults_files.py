@@ -232,18 +232,24 @@ def test_bytes_changed_in_a_data_file_during_a_run_stop_every_rank(tmp_path):
         checkpoint.step_checkpoints(path / "checkpoints")[0][1])
 
 
-PEAK = ("import resource, subprocess, sys\n"  # runs a command, then prints its peak RSS
-        "code = subprocess.run(sys.argv[1:]).returncode\n"
+# Runs a command under `ulimit -v` (each process's address space capped at argv[1] MiB, as a
+# shared cluster node's limit would), then prints the largest RSS any of its processes reached.
+PEAK = ("import resource, subprocess, sys\n"
+        "cap = int(sys.argv[1]) << 20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n"
+        "code = subprocess.run(sys.argv[2:]).returncode\n"
         "print(f'peak {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} KiB', "
         "file=sys.stderr)\n"
         "sys.exit(code)\n")
+ADDRESS_SPACE_MIB = 1024  # per process: a small run (libraries, MPI) fits; one bomb chunk does not
 
 
 def test_a_huge_declared_shape_is_one_message_in_bounded_memory(tmp_path):
     data = huge(tmp_path / "h.h5")
     argv = [sys.executable, "-m", "dist_nn.train", *SMALL, f"data.path={data}",
             f"log.run_dir={tmp_path / 'run'}"]
-    done = subprocess.run([sys.executable, "-c", PEAK, *mpirun.command(2, argv)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", PEAK, str(ADDRESS_SPACE_MIB),
+                           *mpirun.command(2, argv)], cwd=ROOT,
                           env=mpirun.rank_environment(2, {"PYTHONPATH": str(ROOT)}),
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 2
