@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from . import checkpoint, config as configuration, distributed, fs, optim
+from . import checkpoint, config as configuration, distributed, fs, nn, optim
 from .data import DataError, augment, embedded, writer
 from .distributed import raise_together
 
@@ -86,8 +86,14 @@ def make_optimizer_and_sync(config, model, comm, lr):
     into it; else the optimizer on all parameters and GradSync. Both sync without averaging:
     the trainer's losses are shares of the global mean."""
     make = lambda params: make_optimizer(config.optim, params, lr)  # noqa: E731
+    try:
+        compression = distributed.compression.make(config.train.grad_compression,
+                                                   config.train.powersgd_rank,
+                                                   config.train.seed)
+    except nn.amp.PrecisionError as error:
+        raise configuration.ConfigError(f"train.grad_compression: {error}") from None
     options = dict(bucket_mb=config.train.bucket_mb, overlap=config.train.overlap,
-                   average=False)
+                   average=False, compression=compression)
     if not any(p.requires_grad for p in model.parameters()):
         raise configuration.ConfigError("the model has no trainable parameters (model.freeze froze them "
                           "all, or the builder made none): nothing to train")

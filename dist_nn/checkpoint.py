@@ -3,7 +3,7 @@
 A checkpoint holds the group `model` (parameters and buffers under their PyTorch-style
 names), the group `optimizer` (its buffers; its step and hyper-parameters in the attribute
 `state`), optionally the group `ema` (the averaged weights of train.ema_decay, named as in
-`model`), and the attribute `meta`: JSON that the writer gives (a training checkpoint's:
+`model`) and the group `compression` (gradient compression's state: PowerSGD's), and the attribute `meta`: JSON that the writer gives (a training checkpoint's:
 TRAINING_META, the trainer's parts each under their own name), plus the format and the
 dist_nn version. The attribute `checksum` is a SHA-256 over all of it, and a file without one
 is refused. Nothing is pickled, so loading a file cannot run code, and what a file claims is
@@ -49,21 +49,26 @@ class CheckpointWriteError(OSError):
         return self.args[0]
 
 
-class Contents(tuple):
-    """(model state, optimizer state or None, meta) as read() returns it, and `.ema`: the
-    averaged weights ({name: array}) when the checkpoint holds them, else None."""
+OPTIONAL_GROUPS = ("ema", "compression")
 
-    def __new__(cls, model, optimizer, meta, ema=None):
+
+class Contents(tuple):
+    """(model state, optimizer state or None, meta) as read() returns it, and `.ema` and
+    `.compression`: the averaged weights and gradient compression's state ({name: array})
+    when the checkpoint holds them, else None."""
+
+    def __new__(cls, model, optimizer, meta, ema=None, compression=None):
         contents = super().__new__(cls, (model, optimizer, meta))
-        contents.ema = ema
+        contents.ema, contents.compression = ema, compression
         return contents
 
 
-def _digest(model, optimizer_buffers, optimizer_state, meta, ema=None):
-    """SHA-256 of the content, the same whether computed before writing or after reading."""
+def _digest(model, optimizer_buffers, optimizer_state, meta, ema=None, compression=None):
+    """SHA-256 of the content, the same whether computed before writing or after reading
+    (an absent optional group adds nothing: older files keep their checksum)."""
     h = hashlib.sha256()
     for group, arrays in (("model", model), ("optimizer", optimizer_buffers),
-                          ("ema", ema or {})):
+                          ("ema", ema or {}), ("compression", compression or {})):
         for name in sorted(arrays):
             a = numpy.ascontiguousarray(arrays[name])
             h.update(f"{group}/{name}:{a.dtype.str}:{a.shape}".encode())
@@ -81,10 +86,12 @@ def _fsync(path):
         os.close(fd)
 
 
-def write(path, model_state, optimizer_state=None, meta=None, ema_state=None):
+def write(path, model_state, optimizer_state=None, meta=None, ema_state=None,
+          compression_state=None):
     """Write a checkpoint atomically: {name: array} of the model, the optimizer's
-    state_dict() (or None), JSON-able meta and the model's averaged weights (or None). The HDF5 file is built in memory and written
-    with plain writes: a full disk is one OSError here, never an HDF5 error inside h5py."""
+    state_dict() (or None), JSON-able meta, the model's averaged weights and gradient
+    compression's arrays (or None). The HDF5 file is built in memory and written with plain
+    writes: a full disk is one OSError here, never an HDF5 error inside h5py."""
     path = Path(path)
     optimizer_state = optimizer_state or {"buffers": {}}
     buffers = optimizer_state["buffers"]
@@ -100,12 +107,14 @@ def write(path, model_state, optimizer_state=None, meta=None, ema_state=None):
         for name, array in buffers.items():
             group[name] = array
         group.attrs["state"] = state_json
-        if ema_state is not None:
-            group = f.create_group("ema", track_order=True)
-            for name, array in ema_state.items():
-                group[name] = array
+        for name, arrays in zip(OPTIONAL_GROUPS, (ema_state, compression_state)):
+            if arrays:
+                group = f.create_group(name, track_order=True)
+                for key, array in arrays.items():
+                    group[key] = array
         f.attrs["meta"] = meta_json
-        f.attrs["checksum"] = _digest(model_state, buffers, state_json, meta_json, ema_state)
+        f.attrs["checksum"] = _digest(model_state, buffers, state_json, meta_json, ema_state,
+                                      compression_state)
         f.flush()
         image = memoryview(f.id.get_file_image())
     try:
@@ -149,7 +158,8 @@ def read(path):
             has_optimizer = "optimizer" in f
             buffers = _arrays(f["optimizer"], path) if has_optimizer else {}
             state_json = f["optimizer"].attrs.get("state", "{}") if has_optimizer else "{}"
-            ema = _arrays(f["ema"], path) if "ema" in f else None
+            ema, compression = (_arrays(f[name], path) if name in f else None
+                                for name in OPTIONAL_GROUPS)
             meta_json = f.attrs.get("meta", "{}")
             checksum = f.attrs.get("checksum")
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
@@ -159,7 +169,7 @@ def read(path):
         raise CheckpointError(f"checkpoint {path} has no checksum: it was not written by "
                               "dist_nn, or was altered")
     try:
-        if _digest(model, buffers, state_json, meta_json, ema) != checksum:
+        if _digest(model, buffers, state_json, meta_json, ema, compression) != checksum:
             raise CheckpointError(f"checkpoint {path} is corrupted: its checksum does not "
                                   "match")
         optimizer = json.loads(state_json)
@@ -170,7 +180,7 @@ def read(path):
         raise CheckpointError(f"checkpoint {path}: meta and optimizer state must be JSON "
                               "objects")
     return Contents(model, {**optimizer, "buffers": buffers} if has_optimizer else None, meta,
-                    ema)
+                    ema, compression)
 
 
 def run_id(path):
@@ -249,14 +259,14 @@ def newest_valid(directory, warn=print):
 
 
 def save_step(directory, step, model_state, optimizer_state, meta, keep, ema_state=None,
-              warn=print):
+              compression_state=None, warn=print):
     """Write step-<step>.h5 and delete all but the newest `keep` step checkpoints. A write
     that fails raises CheckpointWriteError; an old file that cannot be deleted is only
     said through `warn` (the new checkpoint is on disk all the same)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = write(directory / f"step-{step:09d}.h5", model_state, optimizer_state, meta,
-                 ema_state)
+                 ema_state, compression_state)
     for _, old in step_checkpoints(directory)[keep:]:
         try:
             old.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ it saved through `checked`, because a file can lie even under a valid checksum. 
 "cannot resume from FILE: ..." (docs/design.md §3.5)."""
 import math
 
+import numpy
+
 
 def _count(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -40,3 +42,19 @@ def checked(state, part, **kinds):
         if not valid(state[name]):
             raise ValueError(f"{part}: {name} must be {what}, got {str(state[name])[:60]!r}")
     return state
+
+
+def checked_arrays(arrays, part, shapes):
+    """`arrays` ({name: array}) of `part` once it holds exactly the names of `shapes` (name ->
+    shape, or None for any), each of that shape and finite; else ValueError."""
+    if not isinstance(arrays, dict) or set(arrays) != set(shapes):
+        names = sorted(arrays) if isinstance(arrays, dict) else arrays
+        raise ValueError(f"{part} must hold the arrays {sorted(shapes)}, got {str(names)[:80]}")
+    for name, shape in shapes.items():
+        array = arrays[name]
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            raise ValueError(f"{part}: {name} has shape {tuple(array.shape)}, expected "
+                             f"{tuple(shape)}")
+        if array.dtype.kind != "f" or not numpy.isfinite(array).all():
+            raise ValueError(f"{part}: {name} must hold finite floating-point numbers")
+    return arrays

@@ -28,6 +28,7 @@ from .resume import resumed_config
 from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 from .signals import EXIT_PREEMPTED, PreemptionSignal
 
+OVERFLOW_STREAK = 3  # fp16-compressed steps skipped in a row before the run stops
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
 EXIT_UNSAVED = 4  # finished or stopped, but the checkpoint of the step reached is lost
 
@@ -267,7 +268,8 @@ class Trainer:
         try:  # mixed precision, clipping, EMA around each optimizer step
             self.recipe = optim.StepRecipe(self.model, self.opt, c.train.amp,
                                            c.optim.clip_grad_norm, c.train.ema_decay,
-                                           self.sync.squared_grad_norm)
+                                           self.sync.squared_grad_norm,
+                                           skip_overflow=c.train.grad_compression == "fp16")
         except nn.amp.PrecisionError as error:
             raise configuration.ConfigError(f"train.amp = {c.train.amp!r}: {error}") from None
 
@@ -327,12 +329,27 @@ class Trainer:
             if optimizer_state["step"] > self.position.step:  # skipped steps make it less
                 raise ValueError(f"the optimizer is at step {optimizer_state['step']} but the "
                                  f"run is at step {self.position.step}")
+            self.load_compression(contents.compression, meta["config"], meta["world_size"])
         except (checkpoint.CheckpointError, ValueError, KeyError, TypeError) as error:
             raise configuration.ConfigError(f"cannot resume from {path}: {error}") from None
         differences = configuration.changes(meta["config"], self.config)
         if differences:
             self.say(f"resuming with values that differ from the checkpoint's config; they "
                      f"take effect: {differences}", flush=True)
+
+    def load_compression(self, arrays, recorded_config, world_size):
+        """Gradient compression's state (PowerSGD's Q and error feedback) from a checkpoint
+        written with the same compression; another compression, or none saved (a 1-rank
+        run), starts afresh. Errors written by another number of ranks restart from zero."""
+        compression, train = self.sync.compression, self.config.train
+        recorded = configuration.tomllib.loads(recorded_config).get("train", {})
+        same = (recorded.get("grad_compression", "none"), recorded.get("powersgd_rank", 4)) \
+            == (train.grad_compression, train.powersgd_rank)
+        if compression is None or not same or arrays is None:
+            return
+        if not compression.load_state_dict(arrays, self.comm):
+            self.say(f"notice: PowerSGD's error feedback starts from zero: the checkpoint was "
+                     f"written by {world_size} ranks, this run has {self.comm.size}")
 
     def state_dict(self):
         """The run's state beside the model's and the optimizer's arrays: each part's own
@@ -454,13 +471,19 @@ class Trainer:
         NaN/Inf (naming the first layer that produced them) or the loss diverges. Steps are
         numbered as the records number them: the first step is step 1. Under fp16 an
         overflow of the scaled gradients (no gradient norm) skips the step instead (the loss
-        scaler's rule)."""
+        scaler's rule); so does an fp16-compressed sum that overflows, until OVERFLOW_STREAK
+        steps in a row (without a loss scale that would shrink, the next would too)."""
         step = self.position.step + 1
         grad_norm = self.recipe.grad_norm
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             with self.recipe.autocast():  # in the precision that produced it
                 report = nonfinite_report(self.model, x, step)
             raise TrainingStopped(self.comm.bcast_obj(report))
+        if self.recipe.scaler is None and self.recipe.overflow_streak >= OVERFLOW_STREAK:
+            raise TrainingStopped(
+                f"stopped: the synchronised gradient overflowed float16 (train.grad_compression"
+                f" = \"fp16\") in {OVERFLOW_STREAK} steps in a row, up to step {step}, each "
+                "skipped: use train.grad_compression = \"bf16\" (float32's range)")
         if step == 1 and not self.config.model.init_from and not self.resume:
             warning = initial_loss_warning(loss, self.train_split.num_classes)
             if warning:
@@ -484,8 +507,9 @@ class Trainer:
                                                          self.window_start)}
             scaler = self.recipe.scaler
             self.record("train", **values, grad_norm=window.mean_grad_norm(),
-                        **({"loss_scale": scaler.scale, "skipped_steps": scaler.skipped}
-                           if scaler else {}))
+                        **({"loss_scale": scaler.scale} if scaler else {}),
+                        **({"skipped_steps": self.recipe.skipped}
+                           if self.recipe.skip_overflow else {}))
             self.progress.update(self.position.steps_in_epoch, **values, lr=self.opt.lr)
             self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
 
@@ -579,6 +603,8 @@ class Trainer:
         # sharded, the optimizer state is gathered on rank 0 with every rank taking part
         optimizer_state = self.opt.state_dict() \
             if self.config.optim.shard or self.comm.rank == 0 else None
+        compression = self.sync.compression  # PowerSGD's errors: gathered from every rank
+        compression_state = compression.state_dict(self.comm) if compression else None
         if self.comm.rank != 0:
             return
         step = self.position.step
@@ -590,10 +616,12 @@ class Trainer:
         try:
             if name is None:
                 path = checkpoint.save_step(self.run_dir.checkpoints, step, *content,
-                                            self.config.checkpoint.keep, ema, warn=self.say)
+                                            self.config.checkpoint.keep, ema,
+                                            compression_state, warn=self.say)
                 self.on_disk.update(step=step, path=str(path), error=None)
             else:
-                checkpoint.write(self.run_dir.checkpoints / name, *content, ema)
+                checkpoint.write(self.run_dir.checkpoints / name, *content, ema,
+                                 compression_state)
         except OSError as error:  # checkpoint.CheckpointWriteError: a full disk, permissions
             failure = str(error) if isinstance(error, checkpoint.CheckpointWriteError) else \
                 str(checkpoint.CheckpointWriteError(error.filename or f"of step {step}", error))

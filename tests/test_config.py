@@ -151,6 +151,10 @@ BROKEN_RULES = [
     (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov needs optim.name = \"sgd\" and "
      "optim.momentum > 0"),
     (["train.comm=nccl", "train.device=cpu"], "train.comm = \"nccl\" needs GPUs"),
+    (["train.grad_compression=powersgd", "optim.shard=true"],
+     "train.grad_compression = \"powersgd\" does not combine with optim.shard"),
+    (["train.grad_compression=powersgd", "train.amp=fp16"],
+     "train.grad_compression = \"powersgd\" does not combine with train.amp = \"fp16\""),
     (["optim.eps=1e-320"], "optim.eps = 1e-320 vanishes in train.dtype = float32 (its "
                            "smallest normal number is 1.18e-38)"),
     (["--resume", "auto"], "--resume auto needs log.run_dir=... (the run to resume)"),

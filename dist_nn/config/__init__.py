@@ -214,6 +214,26 @@ def _nccl_needs_a_gpu(c, resume):
 
 
 @rule
+def _powersgd_without_zero(c, resume):
+    """`train.grad_compression = "powersgd"` does not combine with `optim.shard` (ZeRO-1
+    reduce-scatters the buckets; PowerSGD allreduces low-rank factors)."""
+    if c.train.grad_compression == "powersgd" and c.optim.shard:
+        return ("train.grad_compression = \"powersgd\" does not combine with optim.shard "
+                "(ZeRO-1): use fp16 or bf16 compression with it")
+
+
+@rule
+def _powersgd_without_loss_scaling(c, resume):
+    """`train.grad_compression = "powersgd"` does not combine with `train.amp = "fp16"` (a
+    step skipped for overflow would leave Inf in its error feedback; bf16 needs no loss
+    scale)."""
+    if c.train.grad_compression == "powersgd" and c.train.amp == "fp16":
+        return ("train.grad_compression = \"powersgd\" does not combine with train.amp = "
+                "\"fp16\" (an overflow step would poison its error feedback): use train.amp "
+                "= \"bf16\"")
+
+
+@rule
 def _eps_holds_in_the_training_dtype(c, resume):
     """`optim.eps` is a normal number of `train.dtype` (float32's smallest is 1.2e-38): one
     that rounds to 0 or a denormal divides by (almost) nothing."""

@@ -170,6 +170,12 @@ class Train:
                              ("auto", "on", "off"))
     bucket_mb: float = option(25.0, "gradient allreduce bucket size", check=above(0))
     overlap: bool = option(True, "start each bucket's allreduce during backward")
+    grad_compression: str = option("none", "gradient compression of the bucket collectives: "
+                                           "fp16/bf16 casts (half the bytes), powersgd "
+                                           "low-rank factors with error feedback",
+                                   ("none", "fp16", "bf16", "powersgd"))
+    powersgd_rank: int = option(4, "powersgd: the rank of each matrix's approximation",
+                                check=within(1, 1024))
     watchdog_s: float = option(300.0, "abort the job, naming the missing ranks, when a "
                                       "collective waits longer than this, or start-up takes "
                                       "longer (seconds; 0 turns it off)",

@@ -1,6 +1,7 @@
 """The data-parallel runtime: communicators, gradient sync (plain and ZeRO-1), start-up
 checks, exact metric totals, and the per-process set-up that keeps a failing or vanishing
 rank from hanging the job (docs/design.md §3.3)."""
+from . import compression
 from .comm import (KINDS, Communicator, LocalCommunicator, MPICommunicator, NCCLCommunicator,
                    chunk_bounds, communicator)
 from .grad_sync import GradSync
@@ -16,5 +17,6 @@ __all__ = ["KINDS", "Communicator", "GradSync", "LaunchError", "LocalCommunicato
            "MPICommunicator", "NCCLCommunicator", "ReplicasDiffer", "ShardedGradSync",
            "StartupDeadline", "ShardedOptimizer",
            "Totals", "Watchdog", "abort_on_failure", "allow_exit", "broadcast_state",
-           "check_same_computation", "check_same_everywhere", "chunk_bounds", "communicator", "fingerprint",
+           "check_same_computation", "check_same_everywhere", "chunk_bounds", "communicator",
+           "compression", "fingerprint",
            "limit_threads", "placement", "raise_together", "setup", "sharded"]

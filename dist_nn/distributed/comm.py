@@ -7,6 +7,9 @@ at most one padding copy and MPI takes the counts as they are.
 
 Arrays may be NumPy or CuPy. MPI moves CuPy arrays through pinned host buffers unless told
 the MPI library is CUDA-aware; NCCL moves them on the GPU and uses MPI for everything else.
+Sums (allreduce, reduce-scatter) also take float16 and bfloat16 arrays (gradient
+compression): NCCL sums them natively; MPI has no such types, so they travel as 16-bit
+words and a user-defined operation adds each pair in float32.
 """
 import os
 import sys
@@ -173,6 +176,23 @@ class MPICommunicator:
         self.cuda_aware = cuda_aware
         self._pinned = {}  # (slot, size, dtype) -> pinned host staging buffer
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._half_sums = {}  # dtype -> its MPI sum operation
+
+    def _summed(self, buf):
+        """(the MPI message of `buf`, the sum operation for its dtype)."""
+        if buf.dtype.itemsize != 2 or buf.dtype.kind not in "fV":
+            return buf, self.MPI.SUM
+        if buf.dtype not in self._half_sums:
+            dtype = buf.dtype
+
+            def add(incoming, accumulated, datatype):  # in float32, rounded once
+                a = numpy.frombuffer(incoming, dtype)
+                b = numpy.frombuffer(accumulated, dtype)
+                with numpy.errstate(over="ignore"):  # Inf: the overflow the step skips
+                    b[...] = (a.astype(numpy.float32) + b.astype(numpy.float32)).astype(dtype)
+
+            self._half_sums[dtype] = self.MPI.Op.Create(add, commute=True)
+        return [buf.view(numpy.uint16), self.MPI.UINT16_T], self._half_sums[buf.dtype]
 
     def _staged(self, buf, copy=True, slot=""):
         """A pinned host copy of a CuPy array, or None where MPI takes `buf` itself: a host
@@ -198,14 +218,16 @@ class MPICommunicator:
     def allreduce(self, buf, op="sum"):
         _check_op(op)
         host = self._staged(buf)
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf if host is None else host, op=self._ops[op])
+        target = buf if host is None else host
+        message, mpi_op = self._summed(target) if op == "sum" else (target, self._ops[op])
+        self.comm.Allreduce(self.MPI.IN_PLACE, message, op=mpi_op)
         if host is not None:
             buf.set(host)
 
     def iallreduce(self, buf):
         host = self._staged(buf, slot=_address(buf))
-        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf if host is None else host,
-                                       op=self.MPI.SUM)
+        message, op = self._summed(buf if host is None else host)
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, message, op=op)
         return _MPIRequest(request, None if host is None else buf, host)
 
     def _counts(self, n):
@@ -215,9 +237,9 @@ class MPICommunicator:
         slot = _address(buf) if pending else ""
         host_in, host_out = self._staged(buf, slot=slot), \
             self._staged(out, copy=False, slot=(slot, "out"))
-        request = self.comm.Ireduce_scatter(buf if host_in is None else host_in,
-                                            out if host_out is None else host_out,
-                                            self._counts(buf.size), op=self.MPI.SUM)
+        send, op = self._summed(buf if host_in is None else host_in)
+        receive, _ = self._summed(out if host_out is None else host_out)
+        request = self.comm.Ireduce_scatter(send, receive, self._counts(buf.size), op=op)
         return _MPIRequest(request, None if host_out is None else out, host_out)
 
     def ireduce_scatter(self, buf, out):
@@ -304,7 +326,13 @@ class NCCLCommunicator(MPICommunicator):
         self.stream = backend.cupy.cuda.Stream(non_blocking=True)
         self._types = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32,
                        numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64,
-                       numpy.dtype(numpy.int64): nccl.NCCL_INT64}
+                       numpy.dtype(numpy.int64): nccl.NCCL_INT64,
+                       numpy.dtype(numpy.float16): nccl.NCCL_FLOAT16}
+        try:  # bfloat16 arrays exist with ml_dtypes (CuPy 14 computes in it)
+            import ml_dtypes
+            self._types[numpy.dtype(ml_dtypes.bfloat16)] = nccl.NCCL_BFLOAT16
+        except (ImportError, AttributeError):
+            pass
         self._nccl_ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
 
     def _is_device(self, buf):

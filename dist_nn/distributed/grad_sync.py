@@ -14,7 +14,8 @@ that are already each rank's share of the global mean (`loss.forward(..., mean_o
 batch size)`), the sum is the gradient of the global mean loss.
 
 ShardedGradSync (zero.py) is the ZeRO-1 counterpart: the same buckets and hooks, with a
-reduce-scatter per bucket instead of an allreduce.
+reduce-scatter per bucket instead of an allreduce. A `compression` (compression.py) starts
+each bucket's collective in fewer bytes and leaves the same synchronised gradient in place.
 """
 import contextlib
 import math
@@ -23,9 +24,13 @@ from ..optim import squared_norm
 
 
 class GradSync:
-    def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True):
+    def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True,
+                 compression=None):
         self.flat, self.comm, self.overlap, self.average = flat, comm, overlap, average
         self.buckets = self._cut(flat, bucket_mb)
+        self.compression = compression if comm.size > 1 else None  # one rank sends nothing
+        if self.compression is not None:
+            self.compression.bind(self.buckets, flat)
         self.bucket_of = {id(p): b for b, (_, _, params) in enumerate(self.buckets)
                           for p in params}
         self.enabled = True
@@ -76,6 +81,8 @@ class GradSync:
     def _start(self, b):
         """Start bucket b's collective; its handle."""
         start, end, _ = self.buckets[b]
+        if self.compression is not None:
+            return self.compression.allreduce(self.comm, self.flat.grad[start:end], b)
         return self.comm.iallreduce(self.flat.grad[start:end])
 
     def wait(self):

@@ -39,8 +39,9 @@ class ShardedGradSync(GradSync):
     """GradSync with a reduce-scatter per bucket: after wait(), `shard.grad` holds the
     (averaged) global gradient of this rank's shard; `flat.grad` is only the local one."""
 
-    def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True):
-        super().__init__(model, flat, comm, bucket_mb, overlap, average)
+    def __init__(self, model, flat, comm, bucket_mb=25.0, overlap=True, average=True,
+                 compression=None):
+        super().__init__(model, flat, comm, bucket_mb, overlap, average, compression)
         pieces = []
         for start, end, _ in self.buckets:  # this rank's chunk of every bucket
             begin, stop = chunk_bounds(end - start, comm.size)[comm.rank]
@@ -49,8 +50,10 @@ class ShardedGradSync(GradSync):
 
     def _start(self, b):
         start, end, _ = self.buckets[b]
-        return self.comm.ireduce_scatter(self.flat.grad[start:end],
-                                         self.shard.grad[self.shard.slices[b]])
+        out = self.shard.grad[self.shard.slices[b]]
+        if self.compression is not None:
+            return self.compression.reduce_scatter(self.comm, self.flat.grad[start:end], out)
+        return self.comm.ireduce_scatter(self.flat.grad[start:end], out)
 
     def wait(self):
         """Finish every bucket's reduce-scatter (and average the shard)."""
@@ -134,9 +137,10 @@ class ShardedOptimizer:
             name: shard.take(numpy.asarray(value)) for name, value in state["buffers"].items()}})
 
 
-def sharded(make_optimizer, model, comm, bucket_mb=25.0, overlap=True, average=True):
+def sharded(make_optimizer, model, comm, bucket_mb=25.0, overlap=True, average=True,
+            compression=None):
     """(ShardedOptimizer, ShardedGradSync) for a model: `make_optimizer(params)` builds the
     optimizer (any of optim's) on the shard it is given."""
     sync = ShardedGradSync(model, FlatParameters(model.parameters()), comm, bucket_mb,
-                           overlap, average)
+                           overlap, average, compression)
     return ShardedOptimizer(make_optimizer(sync.shard), sync), sync

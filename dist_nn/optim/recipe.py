@@ -36,12 +36,15 @@ class StepRecipe:
     allgathered."""
 
     def __init__(self, model, optimizer, amp="off", clip_grad_norm=0.0, ema_decay=0.0,
-                 squared_norm=None):
+                 squared_norm=None, skip_overflow=False):
         self.optimizer, self.max_norm = optimizer, clip_grad_norm
         self._measure = squared_norm or (lambda: clip.squared_norm(optimizer.flat.grad))
         flat = optimizer.flat.flat if isinstance(optimizer.flat, FlatShard) else optimizer.flat
         self._autocast = nn.amp.Autocast(model, flat, amp) if amp != "off" else None
         self.scaler = LossScaler() if amp == "fp16" else None  # bfloat16 has float32's range
+        # an fp16-compressed gradient sum can overflow too: that step is skipped as well
+        self.skip_overflow = skip_overflow or self.scaler is not None
+        self.skipped = self.overflow_streak = 0  # steps skipped; of them, the latest in a row
         self.ema = WeightEMA(model, flat, ema_decay) if ema_decay else None
         self.overflow, self.grad_norm, self.pending_norm = False, None, None
         self.unscaled = self.concluded = False
@@ -71,7 +74,9 @@ class StepRecipe:
         finite = math.isfinite(squared)
         if self.scaler:
             self.scaler.record(finite)
-        self.overflow = bool(self.scaler) and not finite
+        self.overflow = self.skip_overflow and not finite
+        self.skipped += self.overflow
+        self.overflow_streak = self.overflow_streak + 1 if self.overflow else 0
         self.grad_norm = None if self.overflow else math.sqrt(squared)
         self.concluded = True
         return self.overflow
@@ -89,7 +94,7 @@ class StepRecipe:
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+        elif not self.overflow:
             self.optimizer.step()
         if self.ema and not self.overflow:
             self.ema.update()
