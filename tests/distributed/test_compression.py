@@ -3,20 +3,27 @@ one process summing the same cast gradients; PowerSGD equals the paper's algorit
 et al. 2019, Algorithm 1 with error feedback and warm start; Gram-Schmidt, not QR), replayed
 step by step on the local gradients every rank recorded."""
 import ast
+import os
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from dist_nn import backend
 from tests.distributed import mpi
 
 pytestmark = [pytest.mark.slow, mpi.needs_mpi]
 RANK = 2  # the program's PowerSGD rank
+# through MPI on the CPU, and through NCCL on GPUs (or the CuPy stand-in's, over MPI)
+TRANSPORTS = ["mpi", pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not backend.gpu_available(), reason="needs CuPy and GPUs (or DIST_NN_CUPY_STANDIN=1)")])]
 
 
-def run(tmp_path, ranks, name, *flags):
-    out = tmp_path / f"{name}-{ranks}{''.join(flags)}.npz"
-    done = mpi.launch(ranks, "compression", out, name, *flags)
+def run(tmp_path, ranks, name, *flags, transport="mpi"):
+    nccl = ("--nccl",) if transport == "nccl" else ()
+    out = tmp_path / f"{name}-{ranks}{''.join(flags + nccl)}.npz"
+    done = mpi.launch(ranks, "compression", out, name, *flags, *nccl,
+                      env={"DIST_NN_STANDIN_GPUS": str(ranks)})
     assert done.returncode == 0, done.stderr
     return np.load(out)
 
@@ -24,9 +31,13 @@ def run(tmp_path, ranks, name, *flags):
 HALF = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("name", ["fp16", "bf16"])
-def test_a_cast_compression_equals_one_process_summing_the_cast_gradients(tmp_path, name):
-    result = run(tmp_path, 2, name)
+def test_a_cast_compression_equals_one_process_summing_the_cast_gradients(tmp_path, name,
+                                                                          transport):
+    if name == "bf16" and transport == "nccl" and os.environ.get("DIST_NN_CUPY_STANDIN"):
+        pytest.skip("the stand-in's NCCL has no bfloat16 (real NCCL sums it natively)")
+    result = run(tmp_path, 2, name, transport=transport)
     half = HALF[name]
     a, b = (result["local"][r].astype(half).astype(np.float32) for r in range(2))
     expected = (a + b).astype(half).astype(np.float64)  # two ranks: one float32 addition
@@ -111,9 +122,10 @@ def powersgd_reference(local, shapes, initial_q, rank):
     return np.array(result)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("ranks", [2, 4])
-def test_powersgd_equals_the_papers_algorithm_step_by_step(tmp_path, ranks):
-    result = run(tmp_path, ranks, "powersgd")
+def test_powersgd_equals_the_papers_algorithm_step_by_step(tmp_path, ranks, transport):
+    result = run(tmp_path, ranks, "powersgd", transport=transport)
     shapes = [ast.literal_eval(s) for s in result["shapes"]]
     initial_q = [result[f"q{i}"] for i in range(sum(k.startswith("q") for k in result))]
     assert len(initial_q) == 4  # the conv and linear weights (out x in*k*k); biases are not

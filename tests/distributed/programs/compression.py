@@ -4,8 +4,10 @@ buffer) and the synchronised gradient after it; rank 0 writes them all, with Pow
 initial Q, the parameter shapes in flat order and the bucket layout, for the test to replay
 with a reference implementation of its own.
 
-    mpiexec -n N python compression.py OUT.npz COMPRESSION [--zero]
+    mpiexec -n N python compression.py OUT.npz COMPRESSION [--zero] [--nccl]
     mpiexec -n N python compression.py OUT.npz fp16 --overflow
+
+--nccl: on GPUs, one per rank, through the NCCL communicator.
 
 --overflow: every rank's gradient is 40000 (fp16 holds it; the sum of two does not): the
 StepRecipe's verdict and whether the parameters moved, per rank.
@@ -14,8 +16,8 @@ import sys
 
 import numpy as np
 
-from dist_nn import backend, models, nn, optim
-from dist_nn.distributed import GradSync, MPICommunicator, broadcast_state, compression, sharded
+from dist_nn import backend, distributed, models, nn, optim
+from dist_nn.distributed import GradSync, broadcast_state, compression, sharded
 
 STEPS = 4
 PER_RANK = 4
@@ -24,21 +26,21 @@ PER_RANK = 4
 def overflowed_step(comm, model, opt, sync, out):
     recipe = optim.StepRecipe(model, opt, squared_norm=sync.squared_grad_norm,
                               skip_overflow=True)
-    before = opt.flat.data.copy()
+    before = backend.to_host(opt.flat.data).copy()
     opt.flat.grad[...] = 40000.0
     sync._start_ready(all_buckets=True)
     sync.wait()
     overflow = recipe.unscale()
     recipe.step()
-    verdicts = comm.comm.gather((overflow, bool(np.array_equal(before, opt.flat.data)),
+    verdicts = comm.comm.gather((overflow, bool(np.array_equal(before, backend.to_host(opt.flat.data))),
                                  recipe.skipped), root=0)
     if comm.rank == 0:
         np.savez(out, verdicts=np.array(verdicts))
 
 
-def main(out, name, zero=False, overflow=False):
-    comm = MPICommunicator()
-    backend.use("cpu", "float64")
+def main(out, name, zero=False, overflow=False, nccl=False):
+    comm = distributed.setup("nccl" if nccl else "mpi", "gpu" if nccl else "cpu")
+    backend.use(dtype="float64")
     backend.seed(0)
     model = models.build("cnn", (3, 8, 8), 5, channels=(8, 16), hidden=32, dropout=0.0,
                          comm=comm)
@@ -54,23 +56,23 @@ def main(out, name, zero=False, overflow=False):
         sync, flat = GradSync(model, opt.flat, comm, **options), opt.flat
     if overflow:
         return overflowed_step(comm, model, opt, sync, out)
-    initial_q = [q.copy() for q in getattr(compressor, "q", [])]
+    initial_q = [backend.to_host(q).copy() for q in getattr(compressor, "q", [])]
     loss = nn.SoftmaxCrossEntropy()
     local, synced = [], []
     for step in range(STEPS):
         rng = np.random.default_rng(step)
-        x = rng.standard_normal((PER_RANK * comm.size, 3, 8, 8))
-        y = rng.integers(0, 5, PER_RANK * comm.size)
+        x = backend.to_device(rng.standard_normal((PER_RANK * comm.size, 3, 8, 8)))
+        y = backend.to_device(rng.integers(0, 5, PER_RANK * comm.size))
         mine = slice(comm.rank * PER_RANK, (comm.rank + 1) * PER_RANK)
         opt.zero_grad()
         sync.enabled = False  # the local gradient first: backward without the hooks' sync
         loss.forward(model.forward(x[mine]), y[mine], mean_over=PER_RANK * comm.size)
         model.backward(loss.backward())
-        local.append(flat.grad.copy())
+        local.append(backend.to_host(flat.grad).copy())
         sync.enabled = True
         sync._start_ready(all_buckets=True)  # now the buckets, as backward would start them
         sync.wait()
-        synced.append((sync.shard.grad if zero else flat.grad).copy())
+        synced.append(backend.to_host(sync.shard.grad if zero else flat.grad).copy())
         opt.step()
     gathered = comm.comm.gather((np.array(local), np.array(synced)), root=0)
     if comm.rank == 0:
@@ -82,4 +84,5 @@ def main(out, name, zero=False, overflow=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "--zero" in sys.argv[3:], "--overflow" in sys.argv[3:])
+    flags = sys.argv[3:]
+    main(sys.argv[1], sys.argv[2], "--zero" in flags, "--overflow" in flags, "--nccl" in flags)

@@ -51,8 +51,9 @@ def wrap(result, inputs=()):
         return ndarray._wrap(result)
     if isinstance(result, numpy.generic):
         return ndarray._wrap(numpy.asarray(result))
-    if type(result) in (list, tuple):
-        return type(result)(wrap(item, inputs) for item in result)
+    if isinstance(result, (list, tuple)):  # NumPy's named tuples (linalg.qr) are plain in CuPy
+        items = [wrap(item, inputs) for item in result]
+        return tuple(items) if isinstance(result, tuple) else items
     return result
 
 
