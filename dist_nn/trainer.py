@@ -190,11 +190,14 @@ class Trainer:
         self.global_batch = c.data.batch_size * comm.size or c.data.global_batch_size
         self.accumulate = c.optim.accumulate  # micro-batches of global_batch per step
         self.loader = Loader(
-            self.train_split, DistributedSampler(len(self.train_split), comm.rank, comm.size,
-                                                 seed=c.train.seed),
+            self.train_split, DistributedSampler(
+                len(self.train_split), comm.rank, comm.size, seed=c.train.seed,
+                order=self.training_order(), window=c.data.shuffle_window,
+                chunks=None if self.overfit else self.train_split.chunks()),
             self.global_batch, None if self.overfit else make_augmenter(
                 c.augment, c.train.epochs, self.train_split.sample_shape),
-            c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb)
+            c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb,
+            read_ahead_mb=c.data.read_ahead_mb)
         self.steps_per_epoch = len(self.loader) // self.accumulate
         if self.steps_per_epoch == 0:
             raise configuration.ConfigError(
@@ -204,7 +207,25 @@ class Trainer:
         self.val_loader = self.val_split and Loader(
             self.val_split, DistributedSampler(len(self.val_split), comm.rank, comm.size,
                                                shuffle=False),
-            max(comm.size, c.data.eval_batch_size * comm.size), cache_mb=c.data.cache_mb)
+            max(comm.size, c.data.eval_batch_size * comm.size), cache_mb=c.data.cache_mb,
+            read_ahead_mb=c.data.read_ahead_mb)
+
+    def training_order(self):
+        """data.order, with "auto" resolved (said once): chunks when the training split does
+        not fit data.cache_mb (a shuffled epoch then reads each chunk whole, once)."""
+        order, data = self.config.data.order, self.config.data
+        if self.overfit:
+            return "exact"
+        if order == "auto":
+            fits = self.train_split.nbytes <= data.cache_mb * 2**20
+            order = "exact" if fits else "chunks"
+            if not fits:
+                self.say(f"notice: the training split ({self.train_split.nbytes / 2**20:.0f} "
+                         f"MiB) does not fit data.cache_mb = {data.cache_mb}: data.order = "
+                         f"\"chunks\" (chunks in random order, samples shuffled within "
+                         f"{data.shuffle_window} chunks; data.order = \"exact\" keeps a "
+                         "uniform permutation, read more slowly)")
+        return order
 
     def build_model(self):
         c, comm, split = self.config, self.comm, self.train_split

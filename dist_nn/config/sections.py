@@ -79,9 +79,19 @@ class Data:
     global_batch_size: int = option(64, "samples per step over all ranks, when batch_size is "
                                         "0: any world size then trains alike", check=POSITIVE)
     eval_batch_size: int = option(256, "samples per rank per evaluation batch", check=POSITIVE)
-    cache_mb: int = option(512, "keep a split in memory when it fits this many MiB",
-                           check=NON_NEGATIVE)
+    cache_mb: int = option(512, "keep a split in memory when it fits this many MiB, one "
+                                "copy per node shared by its ranks", check=NON_NEGATIVE)
     prefetch: int = option(2, "batches read ahead by the background reader", check=POSITIVE)
+    order: str = option("auto", "training order of an epoch: exact (a uniform permutation), "
+                                "chunks (storage chunks permuted, samples shuffled within "
+                                "shuffle_window chunks: each chunk read once), auto (chunks "
+                                "when the split does not fit data.cache_mb, else exact)",
+                        ("auto", "exact", "chunks"))
+    shuffle_window: int = option(16, "chunks order: chunks whose samples are shuffled together",
+                                 check=within(1, 1_000_000))
+    read_ahead_mb: int = option(64, "memory for reading several batches at once, chunk by "
+                                    "chunk (half for the batches, half for chunks held)",
+                                check=within(1, 1_000_000))
 
 
 @dataclass

@@ -108,10 +108,36 @@ class HDF5Split:
                 raise DataError(f"{self.files[shard]}: {self.split} sample {where} contains "
                                 "NaN or Inf")
 
+    def chunks(self):
+        """[(start, end)]: the global index range of each storage chunk (along the samples)
+        of every shard, in order; a contiguous shard counts as one chunk."""
+        ranges = []
+        for k, x in enumerate(self.xs):
+            step = x.chunks[0] if x.chunks else max(1, len(x))
+            ranges += [(int(self.starts[k]) + s, int(self.starts[k]) + min(s + step, len(x)))
+                       for s in range(0, len(x), step)]
+        return ranges
+
+    def read_range(self, start, end):
+        """Samples [start, end) of one shard (a chunk read whole)."""
+        k = int(numpy.searchsorted(self.starts, start, side="right") - 1)
+        base = int(self.starts[k])
+        if self.cache is not None:
+            return self.cache[start:end]
+        return self._load(k, self.xs[k], slice(start - base, end - base))
+
+    @property
+    def sample_bytes(self):
+        return self.dtype.itemsize * int(numpy.prod(self.sample_shape))
+
+    @property
+    def nbytes(self):
+        """The bytes of the split's samples in memory."""
+        return len(self) * self.sample_bytes
+
     def load_into_memory(self, budget_bytes):
         """Keep the whole split in memory when it fits the budget; True if it did."""
-        size = len(self) * self.dtype.itemsize * int(numpy.prod(self.sample_shape))
-        if size > budget_bytes:
+        if self.nbytes > budget_bytes:
             return False
         self.cache = numpy.concatenate([self._load(k, x, slice(None))
                                         for k, x in enumerate(self.xs)])

@@ -1,8 +1,9 @@
 """The prefetching loader: this rank's batches, read in the background, prepared on the device.
 
 A background thread reads the host batches of an epoch (indices from the sampler, samples from
-the HDF5 split) into a bounded queue, so reading overlaps training and memory stays at a few
-batches. Iteration moves each batch to the device, converts it to the float dtype there
+the HDF5 split) into a bounded queue, so reading overlaps training and memory stays bounded:
+it reads `read_ahead_mb` of batches at once, chunk by chunk (reader.py), half of it for the
+batches and half for whole chunks held while their samples are still due. Iteration moves each batch to the device, converts it to the float dtype there
 (uint8 travels as uint8), normalises it with the data set's per-channel mean and std, and
 augments it with a key (seed, rank, epoch, batch) so every batch's augmentation is
 reproducible, also after a resume in mid-epoch.
@@ -14,6 +15,7 @@ import threading
 import numpy
 
 from .. import backend
+from .reader import ChunkReader
 
 Batch = collections.namedtuple("Batch", "x y valid")  # valid: the first `valid` are real
 _END = object()
@@ -26,17 +28,29 @@ class Loader:
     multiple of the world size. drop_last leaves out a last, incomplete global batch."""
 
     def __init__(self, split, sampler, global_batch, augmenter=None, seed=0, prefetch=2,
-                 drop_last=False, cache_mb=0):
+                 drop_last=False, cache_mb=0, read_ahead_mb=64):
         if global_batch < sampler.size:
             raise ValueError(f"a global batch of {global_batch} cannot give each of "
                              f"{sampler.size} ranks a sample; use a larger batch")
         self.split, self.sampler, self.global_batch = split, sampler, global_batch
         self.augmenter, self.seed, self.prefetch, self.drop_last = augmenter, seed, prefetch, drop_last
         self.cached = split.load_into_memory(cache_mb * 2**20) if cache_mb else False
+        self.read_ahead = read_ahead_mb * 2**20
+        self.reader = split if self.cached or not hasattr(split, "chunks") else \
+            self._chunk_reader(split, sampler)
         shape = (1, -1, 1, 1)
         self.mean = backend.to_device(split.mean.reshape(shape), dtype=backend.float_dtype)
         self.inv_std = backend.to_device(1.0 / numpy.maximum(split.std, 1e-12).reshape(shape),
                                          dtype=backend.float_dtype)
+
+    def _chunk_reader(self, split, sampler):
+        """A ChunkReader holding read_ahead / 2 of chunks; in chunk order at least those of
+        two shuffle windows, so that each is read once per epoch."""
+        hold = self.read_ahead // 2
+        if sampler.order == "chunks":
+            largest = max(end - start for start, end in split.chunks()) * split.sample_bytes
+            hold = max(hold, (2 * sampler.window + 1) * largest)
+        return ChunkReader(split, hold, always_whole=sampler.order == "chunks")
 
     def __len__(self):
         if self.drop_last:
@@ -56,6 +70,8 @@ class Loader:
         """The batches of `epoch` from batch number `first_batch` on."""
         self.sampler.set_epoch(epoch)
         indices, real = self.sampler.indices()
+        if isinstance(self.reader, ChunkReader):
+            self.reader.forget()
         bounds = self.bounds()
         spans = list(zip(bounds[first_batch:-1], bounds[first_batch + 1:]))
         pending = queue.Queue(maxsize=self.prefetch)
@@ -71,13 +87,21 @@ class Loader:
                     pass
             return False
 
+        batch_bytes = -(-self.global_batch // self.sampler.size) * \
+            getattr(self.split, "sample_bytes", 1)
+        at_once = max(1, self.read_ahead // 2 // max(1, batch_bytes))
+
         def produce():
             try:
-                for start, end in spans:
-                    chosen = indices[start:end]
-                    if not hand_over((self.split.read(chosen), self.split.labels[chosen],
-                                      int(real[start:end].sum()))):
-                        return
+                for first in range(0, len(spans), at_once):
+                    group = spans[first:first + at_once]
+                    samples = self.reader.read(indices[group[0][0]:group[-1][1]])
+                    for start, end in group:
+                        chosen = indices[start:end]
+                        x = samples[start - group[0][0]:end - group[0][0]]
+                        if not hand_over((x, self.split.labels[chosen],
+                                          int(real[start:end].sum()))):
+                            return
                 hand_over(_END)
             except BaseException as error:  # handed to the consumer, raised there
                 hand_over(error)

@@ -63,6 +63,9 @@ def test_reader_errors_reach_the_consumer(split):
 
         def read(self, indices):
             raise OSError("disk gone")
+
+        def read_range(self, start, end):
+            raise OSError("disk gone")
     loader = Loader(Failing(), DistributedSampler(40, 0, 1), 8)
     with pytest.raises(OSError, match="disk gone"):
         list(loader)
