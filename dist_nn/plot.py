@@ -1,6 +1,7 @@
 """python -m dist_nn.plot RUN_DIR [--out DIR]
 
-Plot a run's metrics.jsonl (loss, accuracy, learning rate) as PNG files and print their paths.
+Plot a run's metrics.jsonl (loss, accuracy, learning rate, and each rank's time per step when
+the records carry it) as PNG files and print their paths.
 Training draws them itself at its end (log.plots = true); this redraws them at any time, also
 while the run goes on.
 

@@ -24,6 +24,7 @@ from .monitor import MetricsLog, Progress, plot_run, plural
 from .monitor.guards import (DebugStatistics, ExplosionGuard, TrainingStopped,
                              gradient_check_report, initial_loss_warning, nonfinite_report,
                              write_debug_report)
+from .monitor.ranks import RANK_TIMES, RankTimes
 from .resume import resumed_config
 from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 from .signals import EXIT_PREEMPTED, PreemptionSignal
@@ -158,6 +159,9 @@ class Trainer:
         self.early_stopping = Watch(c.train.early_stopping_metric,
                                     c.train.early_stopping_min_delta)
         self.epoch_totals = RunningTotals()  # saved: a resumed epoch is reported whole
+        # who is slow: gathered every logged step, unless on one rank or turned off
+        self.rank_times = RankTimes(c.log.straggler_threshold) \
+            if self.comm.size > 1 and c.log.straggler_threshold else None
         self.overfitted = False
         self.started = time.perf_counter()
 
@@ -418,7 +422,7 @@ class Trainer:
     def train_epoch(self):
         """Train the rest of the current epoch (or up to the step budget), then validate,
         checkpoint and decide on early stopping."""
-        self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
+        self.open_window()
         position = self.position
         self.progress = Progress(self.steps_per_epoch, position.epoch,
                                  enabled=self.comm.rank == 0,
@@ -513,8 +517,8 @@ class Trainer:
 
     def account(self, totals, grad_norm, timing):
         """Add a step's totals, gradient norm (None: a skipped step) and time split to the
-        epoch's and the log window's; write the training record (and the --debug report)
-        when due."""
+        epoch's and the log window's; write the training record (with every rank's times)
+        and the --debug report when due."""
         taken = RunningTotals.of_step(totals, grad_norm, timing)
         self.epoch_totals += taken
         self.window_totals += taken
@@ -530,9 +534,32 @@ class Trainer:
             self.record("train", **values, grad_norm=window.mean_grad_norm(),
                         **({"loss_scale": scaler.scale} if scaler else {}),
                         **({"skipped_steps": self.recipe.skipped}
-                           if self.recipe.skip_overflow else {}))
+                           if self.recipe.skip_overflow else {}),
+                        **self.gather_rank_times(window))
             self.progress.update(self.position.steps_in_epoch, **values, lr=self.opt.lr)
-            self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
+            self.open_window()
+
+    def open_window(self):
+        """Start a log window: its totals, start time and first step."""
+        self.window_totals, self.window_start = RunningTotals(), time.perf_counter()
+        self.window_step = self.position.step
+
+    def gather_rank_times(self, window):
+        """Every rank's compute, data wait and collective wait per step over the log window,
+        in one small collective on every rank: rank 0's record fields (and a straggler said
+        when one appears); {} on the other ranks, on one rank, or with the report off."""
+        if self.rank_times is None:
+            return {}
+        steps = self.position.step - self.window_step
+        rows = self.comm.allgather_obj([getattr(window, name) / steps
+                                        for name in RANK_TIMES.values()])
+        if self.comm.rank != 0:
+            return {}
+        fields = self.rank_times.fields(rows)
+        news = self.rank_times.news(fields)
+        if news:
+            self.say(news, flush=True)
+        return fields
 
     def stop_if_signalled(self):
         """Stop now, on every rank alike, if any rank received a stop signal (the steps

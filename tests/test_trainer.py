@@ -127,6 +127,7 @@ def test_a_model_object_and_a_config_object_in_one_process(tmp_path):
     assert result["val_accuracy"] > 0.8 and 0 < result["val_loss"] < 1
     saved = checkpoint.read(checkpoint.step_checkpoints(tmp_path / "run" / "checkpoints")[0][1])
     assert saved[2]["model_given"] and "lr = 0.1" in saved[2]["config"]
+    assert not any("ranks" in r for r in read_records(tmp_path / "run"))  # one rank
     np.testing.assert_array_equal(saved[0]["1.weight"], model.state_dict()["1.weight"])
     with pytest.raises(ConfigError, match="maps a batch of 2 inputs"):
         Trainer(overrides=[f"log.run_dir={tmp_path / 'bad'}", *QUIET],
@@ -181,6 +182,62 @@ def test_fine_tuning_and_a_one_step_spike_run_to_the_end(tmp_path):
     assert "step 40 (train.max_steps)" in spiky.stdout
     line = re.search(r"epoch 1 step 24 \(2/22\) loss ([\d.]+)", spiky.stderr)  # console
     assert line and abs(float(line.group(1)) - losses[24]) < 1e-4, spiky.stderr
+
+
+SLEEPY = '''
+import time
+from dist_nn import nn
+
+class Sleep(nn.Module):
+    """Sleeps in each training forward pass: a slower rank computing the same function."""
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(self.seconds)
+        return x
+
+    def backward(self, dy):
+        return dy
+
+def mlp(input_shape, num_classes, comm=None, slow_rank=-1):
+    seconds = 0.06 if comm is not None and comm.rank == slow_rank else 0.02
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(),
+                         nn.Linear(32, num_classes), Sleep(seconds))
+'''
+
+
+@pytest.mark.slow
+@needs_mpiexec
+@pytest.mark.parametrize("slow_rank, threshold", [(1, 0.2), (-1, 0.2), (1, 0)])
+def test_a_slow_rank_is_named_the_straggler(tmp_path, slow_rank, threshold):
+    """Rank 1 sleeps 60 ms a step, rank 0 20 ms (waiting for rank 1 in the allreduce): every
+    training record names rank 1, the console once; a balanced run names none;
+    log.straggler_threshold = 0 leaves the per-rank times out."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    done = ok(run(2, ["-m", "dist_nn.train", "model.name=sleepy:mlp",
+                      f"model.options.slow_rank={slow_rank}", "train.max_steps=20",
+                      "log.every_steps=5", f"log.straggler_threshold={threshold}",
+                      "log.run_dir=run", *QUIET], tmp_path))
+    records = [r for r in read_records(tmp_path / "run")
+               if r["split"] == "train" and r.get("scope") != "epoch"]
+    assert len(records) == 4
+    if not threshold:
+        assert not any({"ranks", "straggler", "exposed_comm_s"} & set(r) for r in records)
+        assert "straggler" not in done.stdout
+        return
+    assert [r["straggler"] for r in records] == [None if slow_rank < 0 else 1] * 4, records
+    for r in records:
+        compute, waited = r["ranks"]["compute"], r["ranks"]["collective_wait"]
+        assert r["exposed_comm_s"] == pytest.approx(sum(waited) / 2, abs=2e-6)
+        assert len(r["ranks"]["data_wait"]) == 2
+        if slow_rank == 1:
+            assert compute[1] > 0.06 > compute[0] and waited[0] > waited[1], r
+    said = re.findall(r"straggler: rank 1 computes \d+ ms per step, 1\.\dx the median of "
+                      r"\d+ ms \(data wait \d+ ms, collective wait \d+ ms\)", done.stdout)
+    assert len(said) == (slow_rank == 1) and done.stdout.count("straggler") == len(said)
 
 
 @pytest.mark.parametrize("amp", ["fp16", "bf16"])

@@ -229,7 +229,12 @@ class Log:
     every_steps: int = option(10, "write a training record every this many steps",
                               check=POSITIVE)
     tensorboard: str = option("auto", "TensorBoard event files", ("auto", "on", "off"))
-    plots: bool = option(True, "write loss/accuracy/lr PNG plots at the end (needs matplotlib)")
+    plots: bool = option(True, "write loss/accuracy/lr PNG plots (and per-rank times) at the "
+                               "end (needs matplotlib)")
+    straggler_threshold: float = option(0.2, "on 2 or more ranks: name the straggler, the rank "
+                                             "computing more than this fraction (0.2 = 20%) "
+                                             "above the median; 0 turns the per-rank times off",
+                                        check=within(0, 10))
     debug_every: int = option(50, "--debug: steps between dead-ReLU and update/weight reports",
                               check=POSITIVE)
 

@@ -26,7 +26,8 @@ class MetricsLog:
 
     A record needs the keys of REQUIRED and is expected to have `samples_per_s` and `time`
     (seconds since the run started); the epoch time split (`data_wait`, `compute`,
-    `allreduce_wait`, `optimizer`, seconds) and any other numeric keys are optional.
+    `allreduce_wait`, `optimizer`, seconds), the per-rank times (`ranks`, a table of lists;
+    `exposed_comm_s`; `straggler`, a rank or None) and any other numeric keys are optional.
     metrics.jsonl holds every key. metrics.csv has the fixed columns CSV_COLUMNS, an empty cell
     for an absent one; other keys are JSONL-only (and TensorBoard), so the header never changes.
     An existing run directory (a resumed run) is appended to, and a line torn by a crash

@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: loss, accuracy and learning rate against the step."""
+"""PNG plots of a run's metrics.jsonl: loss, accuracy and learning rate against the step, and
+each rank's time split when the records carry it."""
 import os
 from pathlib import Path
 
@@ -6,16 +7,20 @@ import numpy
 
 from .. import fs
 from .metrics import read_records
+from .ranks import RANK_TIMES
 
 # file name -> (record key, y-axis label, splits drawn)
 PLOTS = {"loss.png": ("loss", "loss", ("train", "val")),
          "accuracy.png": ("accuracy", "accuracy", ("train", "val")),
          "lr.png": ("lr", "learning rate", ("train",))}
+RANKS_PLOT = "ranks.png"
+LEGEND_MAX_RANKS = 8  # beyond, a legend would hide the lines
 
 
 def plot_run(run_dir, out_dir=None):
-    """Write loss.png, accuracy.png and lr.png into out_dir (default: run_dir); return their
-    paths. Each is titled with the run's name (its directory's)."""
+    """Write loss.png, accuracy.png and lr.png, and ranks.png when the training records carry
+    per-rank times ("ranks"), into out_dir (default: run_dir); return their paths. Each is
+    titled with the run's name (its directory's)."""
     records = read_records(run_dir)
     out_dir = Path(run_dir if out_dir is None else out_dir)
     try:
@@ -27,6 +32,10 @@ def plot_run(run_dir, out_dir=None):
     for name, (key, label, splits) in PLOTS.items():
         _save(draw(records, key, label, splits, f"{run_name}: {label}"), out_dir / name)
         paths.append(out_dir / name)
+    if _curve(records, "train", "ranks")[0]:
+        _save(draw_ranks(records, f"{run_name}: time per step of each rank"),
+              out_dir / RANKS_PLOT)
+        paths.append(out_dir / RANKS_PLOT)
     return paths
 
 
@@ -48,13 +57,8 @@ def draw(records, key, label, splits, title):
     its last checkpoint: the later record of a step wins. Accuracy is in percent, each
     legend entry gives the final value, and the axis zooms in on the second half of the run,
     so that 99.0% and 99.4% lie apart."""
-    try:
-        # the Figure API renders with Agg without pyplot, leaving the caller's backend alone
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import AutoMinorLocator, PercentFormatter
-    except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from None
-    figure = Figure(figsize=(6.4, 4.0), layout="tight")
+    figure = _figure(figsize=(6.4, 4.0))
+    from matplotlib.ticker import AutoMinorLocator, PercentFormatter
     axes = figure.add_subplot()
     curves = {split: _curve(records, split, key) for split in splits}
     for split, (steps, values) in curves.items():
@@ -73,6 +77,37 @@ def draw(records, key, label, splits, title):
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
     return figure
+
+
+def draw_ranks(records, title):
+    """The Figure of each rank's compute, data wait and collective wait (ms per step) against
+    the step, one panel each; a run resumed on more ranks draws the new ones from there."""
+    steps, times = _curve(records, "train", "ranks")
+    figure = _figure(figsize=(6.4, 7.2))
+    panels = figure.subplots(len(RANK_TIMES), 1, sharex=True)
+    size = max(len(record["compute"]) for record in times)
+    for axes, key in zip(panels, RANK_TIMES):
+        for rank in range(size):
+            points = [(step, 1000 * record[key][rank]) for step, record in zip(steps, times)
+                      if rank < len(record[key])]
+            axes.plot(*zip(*points), label=f"rank {rank}")
+        axes.set_ylabel(f"{key.replace('_', ' ')} (ms)")
+        axes.grid(alpha=0.3)
+    panels[0].set_title(title)
+    panels[-1].set_xlabel("step")
+    if size <= LEGEND_MAX_RANKS:
+        panels[0].legend(fontsize="small")
+    return figure
+
+
+def _figure(figsize):
+    """A matplotlib Figure; RuntimeError without matplotlib (the run says it and goes on)."""
+    try:
+        # the Figure API renders with Agg without pyplot, leaving the caller's backend alone
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise RuntimeError("plotting needs matplotlib: pip install matplotlib") from None
+    return Figure(figsize=figsize, layout="tight")
 
 
 def _late_range(curves):

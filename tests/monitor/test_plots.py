@@ -102,3 +102,25 @@ def test_accuracy_tells_99_0_from_99_4_and_the_title_names_the_run(tmp_path):
     assert axes.yaxis.get_major_formatter()(0.994, 0).endswith("%")
     plot_run(run)
     assert_png(run / "accuracy.png")
+
+
+def test_records_with_per_rank_times_add_ranks_png(tmp_path):
+    """A run resumed from 2 onto 3 ranks: each rank's line where it has times, in ms."""
+    run = tmp_path / "run"
+    with MetricsLog(run, tensorboard=False) as log:
+        for step, size in ((5, 2), (10, 2), (15, 3), (20, 3)):
+            log.write({"split": "train", "epoch": 0, "step": step, "loss": 1.0, "accuracy": 0.5,
+                       "lr": 0.1, "ranks": {"compute": [0.02] * (size - 1) + [0.06],
+                                            "data_wait": [0.0] * size,
+                                            "collective_wait": [0.04] * (size - 1) + [0.0]},
+                       "exposed_comm_s": 0.02, "straggler": size - 1})
+    paths = plot_run(run)
+    assert [Path(p).name for p in paths] == ["loss.png", "accuracy.png", "lr.png", "ranks.png"]
+    assert_png(run / "ranks.png")
+    figure = plots.draw_ranks(plots.read_records(run), "run: ranks")
+    compute, data_wait, collective_wait = figure.axes
+    assert [line.get_label() for line in compute.get_lines()] == ["rank 0", "rank 1", "rank 2"]
+    assert list(compute.get_lines()[1].get_ydata()) == [60.0, 60.0, 20.0, 20.0]
+    assert list(compute.get_lines()[2].get_xdata()) == [15, 20]
+    assert [axes.get_ylabel() for axes in figure.axes] == [
+        "compute (ms)", "data wait (ms)", "collective wait (ms)"]
