@@ -201,18 +201,22 @@ class Trainer:
             self.global_batch, None if self.overfit else make_augmenter(
                 c.augment, c.train.epochs, self.train_split.sample_shape),
             c.train.seed, c.data.prefetch, drop_last=True, cache_mb=c.data.cache_mb,
-            read_ahead_mb=c.data.read_ahead_mb)
+            read_ahead_mb=c.data.read_ahead_mb, comm=comm)
         self.steps_per_epoch = len(self.loader) // self.accumulate
         if self.steps_per_epoch == 0:
             raise configuration.ConfigError(
                 f"the training split has {len(self.train_split)} samples, fewer than one "
                 f"step's {self.global_batch * self.accumulate}: lower data.global_batch_size (or "
                 "data.batch_size) or optim.accumulate")
+        if self.loader.cached and comm.local_size > 1 and not self.train_split.shared:
+            self.say(f"notice: the ranks of this node cannot share memory (/dev/shm too small "
+                     f"for the {self.train_split.nbytes / 2**20:.0f} MiB split, or no MPI-3 "
+                     "shared windows): each rank caches its own copy")
         self.val_loader = self.val_split and Loader(
             self.val_split, DistributedSampler(len(self.val_split), comm.rank, comm.size,
                                                shuffle=False),
             max(comm.size, c.data.eval_batch_size * comm.size), cache_mb=c.data.cache_mb,
-            read_ahead_mb=c.data.read_ahead_mb)
+            read_ahead_mb=c.data.read_ahead_mb, comm=comm)
 
     def training_order(self):
         """data.order, with "auto" resolved (said once): chunks when the training split does

@@ -73,7 +73,7 @@ class HDF5Split:
         self.labels = numpy.concatenate([self._load(k, h[f"{split}/y"], slice(None))
                                          for k, h in enumerate(self.handles)])
         self._check_labels()
-        self.cache = None
+        self.cache, self.shared = None, False
 
     def _check_layout(self):
         signatures = [check_split(f, h, self.split) for f, h in zip(self.files, self.handles)]
@@ -135,12 +135,33 @@ class HDF5Split:
         """The bytes of the split's samples in memory."""
         return len(self) * self.sample_bytes
 
-    def load_into_memory(self, budget_bytes):
-        """Keep the whole split in memory when it fits the budget; True if it did."""
+    def load_into_memory(self, budget_bytes, comm=None):
+        """Keep the whole split in memory when it fits `budget_bytes` per node; True if it
+        did. With a communicator (collective) the ranks of a node share one copy
+        (`comm.node_shared`), each reading its share of the chunks, every read verified by
+        its checksum; where they cannot share memory (`shared` stays False) each rank keeps
+        its own copy, if the node's copies together fit the budget. A read that fails on any
+        rank is a DataReadError on all of them."""
+        from ..distributed import LocalCommunicator, raise_together
+        comm = comm or LocalCommunicator()
         if self.nbytes > budget_bytes:
             return False
-        self.cache = numpy.concatenate([self._load(k, x, slice(None))
-                                        for k, x in enumerate(self.xs)])
+        block = comm.node_shared(self.nbytes)
+        self.shared = block is not None and block.size > 1
+        if block is None:
+            if self.nbytes * comm.local_size > budget_bytes:
+                return False
+            block = LocalCommunicator().node_shared(self.nbytes)
+        cache = block.array.view(self.dtype).reshape((len(self),) + tuple(self.sample_shape))
+        error = None
+        try:
+            for start, end in self.chunks()[block.rank::block.size]:
+                cache[start:end] = self.read_range(start, end)
+        except DataReadError as failure:
+            error = failure
+        raise_together(comm, error, DataReadError)
+        block.sync()
+        self.cache, self._shared_block = cache, block  # the block keeps the memory mapped
         return True
 
     def _load(self, shard, dataset, where):
@@ -207,7 +228,7 @@ class Subset:
     def read(self, indices):
         return self.split.read(self.indices[numpy.asarray(indices)])
 
-    def load_into_memory(self, budget_bytes):
+    def load_into_memory(self, budget_bytes, comm=None):
         return False
 
 

@@ -28,13 +28,14 @@ class Loader:
     multiple of the world size. drop_last leaves out a last, incomplete global batch."""
 
     def __init__(self, split, sampler, global_batch, augmenter=None, seed=0, prefetch=2,
-                 drop_last=False, cache_mb=0, read_ahead_mb=64):
+                 drop_last=False, cache_mb=0, read_ahead_mb=64, comm=None):
         if global_batch < sampler.size:
             raise ValueError(f"a global batch of {global_batch} cannot give each of "
                              f"{sampler.size} ranks a sample; use a larger batch")
         self.split, self.sampler, self.global_batch = split, sampler, global_batch
         self.augmenter, self.seed, self.prefetch, self.drop_last = augmenter, seed, prefetch, drop_last
-        self.cached = split.load_into_memory(cache_mb * 2**20) if cache_mb else False
+        # one copy per node with `comm` (collective), else this process's
+        self.cached = split.load_into_memory(cache_mb * 2**20, comm) if cache_mb else False
         self.read_ahead = read_ahead_mb * 2**20
         self.reader = split if self.cached or not hasattr(split, "chunks") else \
             self._chunk_reader(split, sampler)

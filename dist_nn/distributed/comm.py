@@ -12,6 +12,7 @@ compression): NCCL sums them natively; MPI has no such types, so they travel as 
 words and a user-defined operation adds each pair in float32.
 """
 import os
+import shutil
 import sys
 import time
 from typing import Protocol, runtime_checkable
@@ -84,8 +85,29 @@ class Communicator(Protocol):
     def barrier(self):
         """Return once every rank has arrived."""
 
+    def node_shared(self, nbytes) -> "NodeShared | None":
+        """`nbytes` of memory shared by the ranks of this node (collective), or None where
+        the ranks cannot share memory."""
+
     def abort(self, code=1):
         """End the whole job with `code`, from any thread (never returns)."""
+
+
+class NodeShared:
+    """Memory shared by the ranks of one node: `array` (uint8), this rank's `rank` among the
+    node's `size` ranks. Ranks write their parts, then call sync() (collective) before any
+    reads another's part. Backed by an MPI-3 shared window, which the MPI library removes
+    when the job ends, also when a rank is killed (its launcher cleans up)."""
+
+    def __init__(self, array, rank=0, size=1, window=None, node=None):
+        self.array, self.rank, self.size = array, rank, size
+        self.window, self.node = window, node
+
+    def sync(self):
+        if self.window is not None:  # the unified memory model: sync, barrier, sync
+            self.window.Sync()
+            self.node.Barrier()
+            self.window.Sync()
 
 
 class Done:
@@ -137,6 +159,9 @@ class LocalCommunicator:
 
     def barrier(self):
         pass
+
+    def node_shared(self, nbytes):
+        return NodeShared(numpy.empty(nbytes, numpy.uint8))
 
     def abort(self, code=1):
         sys.stdout.flush()
@@ -281,6 +306,25 @@ class MPICommunicator:
 
     def barrier(self):
         self.comm.Barrier()
+
+    def node_shared(self, nbytes):
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        # MPI maps the block from /dev/shm: one too small for it (a container's 64 MB)
+        # would end in SIGBUS when the pages are touched, not in an error here
+        room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else nbytes
+        if not node.bcast(room >= nbytes, root=0):
+            node.Free()
+            return None
+        try:  # every rank of the node maps the block that node rank 0 allocates
+            window = self.MPI.Win.Allocate_shared(nbytes if node.Get_rank() == 0 else 0, 1,
+                                                  comm=node)
+            memory, _ = window.Shared_query(0)
+            window.Lock_all()  # a passive epoch for its lifetime: sync() needs one
+        except self.MPI.Exception:
+            node.Free()
+            return None
+        array = numpy.frombuffer(memory, numpy.uint8, count=nbytes)
+        return NodeShared(array, node.Get_rank(), node.Get_size(), window, node)
 
     def abort(self, code=1):
         sys.stdout.flush()

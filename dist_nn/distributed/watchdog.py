@@ -128,6 +128,9 @@ class Watchdog:
     def barrier(self):
         return self._collective("barrier", self.comm.barrier)
 
+    def node_shared(self, nbytes):
+        return self._collective("node_shared", self.comm.node_shared, nbytes)
+
     def abort(self, code=1):
         self.comm.abort(code)
 
