@@ -235,3 +235,33 @@ def test_data_without_a_val_split_watches_training_metrics(tmp_path):
                   "schedule.name=plateau", "train.early_stopping_patience=5"))
     assert (tmp_path / "run" / "checkpoints" / "best.h5").exists()
     assert "error" not in done.stderr and done.stdout.count("notice: ") == 1, done.stdout
+
+
+def test_chunk_order_trains_alike_on_1_and_2_ranks_and_resumes_exactly(tmp_path):
+    """data.order = chunks (chunks of 20 samples, windows of 3): 2 ranks equal one process
+    (float64, 1e-10), and a resume at step 7 (mid-epoch) equals the straight run bit for bit."""
+    from datasets import synthetic
+    data = tmp_path / "d.h5"
+    synthetic.convert(data, 600, shape=(1, 8, 8), classes=4, dtype="uint8", val_samples=0,
+                      chunk_samples=20)
+    arguments = [*SMALL, "train.dtype=float64", "model.dropout=0", f"data.path={data}",
+                 "data.order=chunks", "data.shuffle_window=3", "data.global_batch_size=32",
+                 "train.max_steps=20", "checkpoint.every_steps=7", "checkpoint.keep=5"]
+    ok(run(1, tmp_path / "one", *arguments))
+    ok(run(2, tmp_path / "two", *arguments))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "two" / "checkpoints" / "step-000000007.h5", resumed / "checkpoints")
+    ok(run(2, resumed, *arguments, "--resume", "auto"))
+    for step in (14, 20):
+        name = f"step-{step:09d}.h5"
+        one, two, again = (checkpoint.read(path / "checkpoints" / name)[0]
+                           for path in (tmp_path / "one", tmp_path / "two", resumed))
+        for key in one:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-10, atol=1e-13)
+            np.testing.assert_array_equal(again[key], two[key])
+
+
+def test_a_split_beyond_the_cache_takes_the_chunk_order_and_says_so(tmp_path):
+    done = ok(run(2, tmp_path / "run", *SMALL, "data.cache_mb=0", "train.max_steps=3"))
+    assert done.stdout.count('data.order = "chunks"') == 1

@@ -104,3 +104,50 @@ def test_rank_shares_make_up_each_global_batch(split, global_batch, drop_last):
         labels = np.sort(np.concatenate([b.y for b in shares]))
         expected = np.sort(split.labels[order[k * global_batch:(k + 1) * global_batch]])
         np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.fixture
+def big_split(tmp_path):
+    """1,000 samples in chunks of 25 (40 chunks)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (1000, 3, 4, 4), dtype=np.uint8), rng.integers(0, 10, 1000)
+    with DatasetWriter(tmp_path / "big.h5", 10, (3, 4, 4), np.uint8, {"train": 1000}, "t",
+                       chunk_samples=25) as w:
+        w.append("train", x, y)
+    return HDF5Split(tmp_path / "big.h5"), x, y
+
+
+@pytest.mark.parametrize("order", ["exact", "chunks"])
+@pytest.mark.parametrize("read_ahead_mb", [1, 64])
+def test_batches_read_chunk_by_chunk_are_the_samples_of_the_order(big_split, order,
+                                                                   read_ahead_mb):
+    split, x, y = big_split
+    sampler = DistributedSampler(1000, 1, 3, seed=4, order=order, chunks=split.chunks(),
+                                 window=4)
+    loader = Loader(split, sampler, 48, read_ahead_mb=read_ahead_mb)
+    for epoch in (0, 1):
+        batches = list(loader.epoch_batches(epoch))
+        indices, _ = sampler.indices()
+        bounds = loader.bounds()
+        for number, batch in enumerate(batches):
+            chosen = indices[bounds[number]:bounds[number + 1]]
+            np.testing.assert_allclose(batch.x, normalised(split, x[chosen]), atol=1e-5)
+            np.testing.assert_array_equal(batch.y, y[chosen])
+
+
+def test_chunk_order_reads_each_chunk_once_per_epoch(big_split):
+    split, _, _ = big_split
+    sampler = DistributedSampler(1000, order="chunks", chunks=split.chunks(), window=4)
+    loader = Loader(split, sampler, 40, read_ahead_mb=1)
+    for epoch in (0, 1):
+        list(loader.epoch_batches(epoch))
+        assert loader.reader.whole_reads == 40 * (epoch + 1)
+
+
+def test_a_resumed_epoch_continues_the_chunk_order(big_split):
+    split, _, _ = big_split
+    sampler = DistributedSampler(1000, order="chunks", chunks=split.chunks(), window=4)
+    loader = Loader(split, sampler, 40)
+    whole = list(loader.epoch_batches(2))
+    for a, b in zip(whole[7:], loader.epoch_batches(2, first_batch=7)):
+        np.testing.assert_array_equal(a.x, b.x)

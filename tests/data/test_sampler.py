@@ -50,3 +50,47 @@ def test_kth_batches_of_all_ranks_form_the_kth_global_batch():
 def test_more_ranks_than_samples_is_refused():
     with pytest.raises(ValueError, match=r"fewer samples \(5\) than ranks \(8\)"):
         DistributedSampler(5, 0, 8)
+
+
+CHUNKS = [(s, min(s + 7, 100)) for s in range(0, 100, 7)]  # 15 chunks, the last of 2
+
+
+@pytest.mark.parametrize("window", [1, 3, 20])
+def test_chunk_order_is_a_permutation_each_epoch_and_keeps_chunks_within_windows(window):
+    sampler = DistributedSampler(100, order="chunks", chunks=CHUNKS, window=window, seed=5)
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = sampler.global_order()
+        assert sorted(order) == list(range(100))
+        orders.append(order)
+        chunk_of = np.searchsorted([s for s, _ in CHUNKS], order, side="right") - 1
+        seen = 0  # window by window: the samples of `window` whole chunks, shuffled together
+        while seen < 100:
+            chunks = set()
+            while seen < 100 and (len(chunks) < window or chunk_of[seen] in chunks):
+                chunks.add(chunk_of[seen])
+                seen += 1
+            assert sum(e - s for s, e in (CHUNKS[c] for c in chunks)) == \
+                sum(1 for c in chunk_of if c in chunks)
+    assert not np.array_equal(orders[0], orders[1])
+    if window > 1:  # shuffled within the window, not chunk after chunk
+        assert any(np.diff(orders[0][:7]) != 1)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_chunk_order_is_the_same_for_any_world_size(size):
+    one = DistributedSampler(100, order="chunks", chunks=CHUNKS, window=4, seed=1,
+                             drop_last=True)
+    ranks = [DistributedSampler(100, r, size, order="chunks", chunks=CHUNKS, window=4, seed=1,
+                                drop_last=True) for r in range(size)]
+    for epoch in (0, 1):
+        for sampler in (one, *ranks):
+            sampler.set_epoch(epoch)
+        everyone = np.stack([s.indices()[0] for s in ranks], axis=1).reshape(-1)
+        np.testing.assert_array_equal(everyone, one.indices()[0][:len(everyone)])
+
+
+def test_chunk_order_needs_chunks_that_cover_the_samples():
+    with pytest.raises(ValueError, match="cover the 100 samples"):
+        DistributedSampler(100, order="chunks", chunks=CHUNKS[:-1])
