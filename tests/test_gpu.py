@@ -157,3 +157,40 @@ def test_two_ranks_train_through_nccl_with_zero_and_the_recipe(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "-> gpu 0" in done.stdout and "-> gpu 1" in done.stdout, done.stdout
     assert list((run_dir / "checkpoints").glob("step-*4.h5"))
+
+
+def test_batches_are_uploaded_on_a_stream_of_their_own_without_a_host_sync(tmp_path):
+    """The reader thread uploads each batch from pinned memory on its own stream; the
+    consumer's stream waits for the upload's event. Iterating an epoch makes no host sync
+    (on a GPU; on the stand-in: strict hand-off), and the batches are the CPU's."""
+    from dist_nn.data import DatasetWriter, DistributedSampler, HDF5Split, Loader
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (200, 3, 4, 4), dtype=np.uint8), rng.integers(0, 10, 200)
+    with DatasetWriter(tmp_path / "d.h5", 10, (3, 4, 4), np.uint8, {"train": 200}, "t",
+                       chunk_samples=16) as w:
+        w.append("train", x, y)
+    split = HDF5Split(tmp_path / "d.h5")
+    expected = [(b.x.copy(), b.y.copy()) for b in Loader(split, DistributedSampler(200, seed=1),
+                                                         32).epoch_batches(0)]
+    backend.use("gpu", "float32")
+    try:
+        loader = Loader(split, DistributedSampler(200, seed=1), 32)
+        before = cupy_counts() if ON_STANDIN else None
+        batches = [(b.x * 1, b.y * 1) for b in loader.epoch_batches(0)]  # device work only
+        if ON_STANDIN:
+            import cupy
+            after = cupy._standin.counts()
+            assert after.syncs == before.syncs  # none: the consumer only waited on events
+            assert after.uploads - before.uploads == 2 * len(expected)  # x and y, each once
+            # from pinned buffers, one pair per slot (prefetch + 2), again for a last short batch
+            assert 2 <= after.pinned_allocations - before.pinned_allocations <= 2 * (2 + 2) + 2
+        for (gx, gy), (cx, cy) in zip(batches, expected):
+            np.testing.assert_allclose(backend.to_host(gx), cx, rtol=1e-6)
+            np.testing.assert_array_equal(backend.to_host(gy), cy)
+    finally:
+        backend.use("cpu", "float32")
+
+
+def cupy_counts():
+    import cupy
+    return cupy._standin.counts()

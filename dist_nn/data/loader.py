@@ -11,6 +11,7 @@ reproducible, also after a resume in mid-epoch.
 import collections
 import queue
 import threading
+import time
 
 import numpy
 
@@ -92,16 +93,19 @@ class Loader:
             getattr(self.split, "sample_bytes", 1)
         at_once = max(1, self.read_ahead // 2 // max(1, batch_bytes))
 
+        upload = PinnedUpload(self.prefetch + 2) if backend.device == "gpu" else None
+
         def produce():
             try:
                 for first in range(0, len(spans), at_once):
                     group = spans[first:first + at_once]
                     samples = self.reader.read(indices[group[0][0]:group[-1][1]])
                     for start, end in group:
-                        chosen = indices[start:end]
                         x = samples[start - group[0][0]:end - group[0][0]]
-                        if not hand_over((x, self.split.labels[chosen],
-                                          int(real[start:end].sum()))):
+                        y, ready = self.split.labels[indices[start:end]], None
+                        if upload is not None:
+                            (x, y), ready = upload(x, y)
+                        if not hand_over((x, y, int(real[start:end].sum()), ready)):
                             return
                 hand_over(_END)
             except BaseException as error:  # handed to the consumer, raised there
@@ -114,9 +118,13 @@ class Loader:
                 item = pending.get()
                 if isinstance(item, BaseException):
                     raise item
-                x, y, valid = item
+                x, y, valid, ready = item
+                if ready is not None:
+                    backend.cupy.cuda.get_current_stream().wait_event(ready)
                 yield Batch(self.prepare(x, (self.seed, self.sampler.rank, epoch, number), epoch),
                             backend.to_device(y), valid)
+                if upload is not None:  # asked for the next batch: the work on this one is
+                    upload.consumed()   # queued (its buffers are dropped only after this)
             if pending.get() is not _END:
                 raise RuntimeError("data reader produced more batches than expected")
         finally:
@@ -129,3 +137,45 @@ class Loader:
         x -= self.mean
         x *= self.inv_std
         return self.augmenter(x, key, epoch) if self.augmenter is not None else x
+
+
+class PinnedUpload:
+    """On a GPU, the reader thread's half of a batch's trip to the device: the host arrays are
+    copied into pinned buffers and uploaded on a stream of their own, so that the copy
+    overlaps the step running meanwhile; the consumer's stream waits for the upload's event
+    (no host sync). CuPy's memory pool may hand a device buffer the consumer has just dropped
+    to the next upload, so the upload stream first waits for the consumer's work queued so
+    far (`consumed`). A pinned buffer is refilled once the copy from it has finished."""
+
+    def __init__(self, slots):
+        cupy = backend.cupy
+        self.device, self.stream = cupy.cuda.Device(), cupy.cuda.Stream(non_blocking=True)
+        self.slots = [([], None)] * slots  # (pinned buffers, the event of the copy from them)
+        self.turn = 0
+        self.consumed_at = None  # the consumer's stream after its work on the last batches
+
+    def __call__(self, *arrays):
+        """(device copies of the host `arrays`, the event that completes their upload)."""
+        import cupyx
+        cupy = backend.cupy
+        pinned, copied = self.slots[self.turn]
+        while copied is not None and not copied.done:  # only this thread waits
+            time.sleep(1e-4)
+        if [(p.shape, p.dtype) for p in pinned] != [(a.shape, a.dtype) for a in arrays]:
+            pinned = [cupyx.empty_pinned(a.shape, a.dtype) for a in arrays]
+        with self.device, self.stream:
+            out = [cupy.empty(a.shape, a.dtype) for a in arrays]
+            consumed = self.consumed_at  # read after allocating: it covers the buffers' last use
+            if consumed is not None:
+                self.stream.wait_event(consumed)
+            for host, array, device in zip(pinned, arrays, out):
+                host[...] = array
+                device.set(host, stream=self.stream)
+            done = self.stream.record()
+        self.slots[self.turn] = (pinned, done)
+        self.turn = (self.turn + 1) % len(self.slots)
+        return out, done
+
+    def consumed(self):
+        """The consumer takes the next batch: its work on the ones before is queued."""
+        self.consumed_at = backend.cupy.cuda.get_current_stream().record()
