@@ -1,14 +1,17 @@
 """train.grad_compression end to end: `python -m dist_nn.train` on 2 ranks resumes a compressed
 run exactly (PowerSGD's Q and every rank's error feedback are in the checkpoint), learns the
 digits, and refuses what does not combine with one message."""
+import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
 
 from dist_nn import checkpoint
 from dist_nn.monitor import read_records
-from tests.test_train import SMALL, ok, run
+from launch import mpirun
+from tests.test_train import ROOT, SMALL, ok, run
 
 pytestmark = pytest.mark.slow
 EXACT = SMALL + ["train.dtype=float64", "model.dropout=0", "augment.enabled=false",
@@ -82,3 +85,37 @@ def test_what_does_not_combine_is_one_message(tmp_path, arguments, message):
     done = run(2, tmp_path / "run", *SMALL, *arguments)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+AMPLIFIED = '''
+from dist_nn import nn
+
+
+class Amplify(nn.Module):
+    """x * 1e5: gradients of the next layer's weight far beyond float16's 65504."""
+
+    def forward(self, x):
+        return x * 1e5
+
+    def backward(self, grad):
+        return grad * 1e5
+
+
+def build(input_shape, num_classes, comm=None):
+    return nn.Sequential(nn.Flatten(), Amplify(), nn.Linear(64, num_classes))
+'''
+
+
+def test_fp16_sums_that_keep_overflowing_stop_the_run(tmp_path):
+    """Each step's synchronised gradient is Inf in float16: skipped on both ranks, and after
+    3 in a row the run stops with one message (exit 3) instead of skipping for ever."""
+    (tmp_path / "amplified.py").write_text(AMPLIFIED)
+    argv = [sys.executable, "-m", "dist_nn.train", "model.name=amplified:build",
+            "train.grad_compression=fp16", "log.plots=false", "log.tensorboard=off",
+            f"log.run_dir={tmp_path / 'run'}"]
+    done = mpirun.run(2, argv, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
+                      capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("stopped: the synchronised gradient overflowed float16 "
+                             "(train.grad_compression = \"fp16\") in 3 steps in a row, up to "
+                             "step 3") == 1, done.stderr
