@@ -25,8 +25,8 @@ thread per rank, per-rank BatchNorm in both (DDP's). dist_nn's optimizer and Gra
 `build.make_optimizer_and_sync` and config overrides, as the Trainer's (25 MB buckets, overlap:
 each model's gradients are one bucket, started when backward ends). Reported: steps/s (median
 of `rounds` runs of `steps` steps after 3 warm-up steps, one launch each); efficiency,
-steps/s(2) / steps/s(1); dist_nn's exposed communication, the median time per step in
-GradSync.wait() (the allreduce backward did not hide); MB/step, what rank 0's interface sent
+steps/s(2) / steps/s(1); dist_nn's exposed communication, the time per step in
+GradSync.wait() (the allreduce backward did not hide), mean per step; MB/step, what rank 0's interface sent
 per timed step (TCP/IP headers included); scaling_model.step_time(1-rank step, gradient bytes,
 2 ranks, this link's alpha and beta, overlap) and its error, predicted / measured - 1 (the
 model knows no contention: two ranks on 2 cores slow each other's compute).
@@ -105,6 +105,11 @@ class Link:
         for name in set(self.names):
             sh("ip", "netns", "exec", name, "tc", "qdisc", "replace", "dev", self.iface, "root",
                "tbf", "rate", f"{gbits * 1000:g}mbit", "burst", str(burst), "latency", "50ms")
+
+    def drops(self):
+        """Packets tbf dropped (queue full) since limit(): TCP retransmits each."""
+        return sum(int(n) for name in set(self.names) for n in re.findall(
+            r"dropped (\d+)", sh("ip", "netns", "exec", name, "tc", "-s", "qdisc", "show")))
 
     def enter(self, rank):
         return ["ip", "netns", "exec", self.names[rank]]
@@ -191,7 +196,7 @@ def ours(args):
         waits.append(time.perf_counter() - tick)
         opt.step()
     rates, sent = timed(step, comm.barrier, args.steps, args.rounds, args.iface)
-    exposed = statistics.median(waits[3:])
+    exposed = sum(waits[3:]) / len(waits[3:])  # a mean, as steps/s: stalls count
     return comm.rank, dict(rate=statistics.median(rates), sent=sent, exposed=exposed,
                            grad_bytes=sync.flat.data.nbytes)
 
@@ -344,10 +349,9 @@ def bench(args, link, directory):
     links, rows, port = [], [], 29500
     for gbits in args.rates:
         link.limit(gbits)
+        dropped = link.drops()
         got = measure_rate(link, args.timeout)
         alpha, beta = calibrate(link, args.python, args.fit_repeats, args.timeout)
-        links.append(f"| {gbits:g} | {got:.2f} | {alpha * 1e6:.0f} | {8e-9 / beta:.2f} | "
-                     f"{(2 * alpha + 25e6 * beta) * 1e3:.0f} |")
         print(f"# {gbits:g} Gbit/s set, {got:.2f} measured; allreduce alpha {alpha * 1e6:.0f} "
               f"us, 1/beta {8e-9 / beta:.2f} Gbit/s", flush=True)
         for model in args.models:
@@ -370,10 +374,12 @@ def bench(args, link, directory):
                 rows.append(row(gbits, model, compression, results.get("dist_nn"),
                                 results.get("torch"), alpha, beta))
                 print("# " + rows[-1], flush=True)
+        links.append(f"| {gbits:g} | {got:.2f} | {alpha * 1e6:.0f} | {8e-9 / beta:.2f} | "
+                     f"{(2 * alpha + 25e6 * beta) * 1e3:.0f} | {link.drops() - dropped} |")
     print(f"\nLink: {link.kind}, tbf on each sending end; Open MPI TCP (ob1) on it, gloo on it; "
           f"{os.cpu_count()} cores, one thread per rank.\n\n| Gbit/s set | measured (socket, "
-          "1 s) | allreduce alpha us | 1/beta Gbit/s | 25 MB allreduce, fit ms |\n"
-          "| --- | --- | --- | --- | --- |", *links, "", HEADER,
+          "1 s) | allreduce alpha us | 1/beta Gbit/s | 25 MB allreduce, fit ms | tbf drops |\n"
+          "| --- | --- | --- | --- | --- | --- |", *links, "", HEADER,
           "|" + " --- |" * (HEADER.count(" | ") + 1), *rows, sep="\n", flush=True)
 
 
