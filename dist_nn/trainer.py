@@ -510,7 +510,7 @@ class Trainer:
             raise TrainingStopped(self.comm.bcast_obj(report))
         if self.recipe.scaler is None and self.recipe.overflow_streak >= OVERFLOW_STREAK:
             raise TrainingStopped(
-                f"stopped: the synchronised gradient overflowed float16 (train.grad_compression"
+                f"the synchronised gradient overflowed float16 (train.grad_compression"
                 f" = \"fp16\") in {OVERFLOW_STREAK} steps in a row, up to step {step}, each "
                 "skipped: use train.grad_compression = \"bf16\" (float32's range)")
         if step == 1 and not self.config.model.init_from and not self.resume:
