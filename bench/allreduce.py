@@ -32,12 +32,12 @@ from launch import mpirun  # noqa: E402
 
 def worker(sizes_mb, repeats):
     import numpy as np
-    from mpi4py import MPI
 
     from dist_nn import nn, optim
     from dist_nn.distributed import GradSync, MPICommunicator
 
-    comm = MPICommunicator()
+    comm = MPICommunicator()  # first: it sets Open MPI's allreduce up before MPI starts
+    MPI = comm.MPI
     n = comm.size
     rows = []
     for size_mb in sizes_mb:
