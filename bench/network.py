@@ -32,8 +32,8 @@ per timed step (TCP/IP headers included); scaling_model.step_time(1-rank step, g
 model knows no contention: two ranks on 2 cores slow each other's compute).
 
 --compression none,fp16,bf16,powersgd adds rows at the lowest rate on the MLP: dist_nn's
-train.grad_compression (and train.powersgd_rank, --powersgd-rank) config keys, "n/a" where this
-branch's config has none; DDP's fp16_compress_hook for fp16, "n/a" for the others (its bf16 hook
+train.grad_compression (and train.powersgd_rank, --powersgd-rank); DDP's fp16_compress_hook
+for fp16, "n/a" for the others (its bf16 hook
 needs CUDA and NCCL; PowerSGD's hook hung here over gloo, torch 2.13, rank 0 waiting in the
 allreduce the hook starts inside a future's callback).
 """
@@ -309,11 +309,6 @@ def train(link, library, ranks, model, compression, args, out, port):
     return result
 
 
-def has_compression():
-    from dist_nn import config as configuration
-    return re.search(r"^grad_compression = ", configuration.reference(), re.M) is not None
-
-
 HEADER = ("| Gbit/s | model | compression | dist_nn steps/s, 1 rank | 2 ranks | efficiency | "
           "exposed comm ms | MB/step | model ms | measured ms | model error | DDP steps/s, "
           "1 rank | 2 ranks | efficiency | MB/step | dist_nn / DDP, 2 ranks |")
@@ -345,7 +340,6 @@ def row(gbits, model, compression, ours_, theirs_, alpha, beta):
 
 
 def bench(args, link, directory):
-    compressible = has_compression()
     links, rows, port = [], [], 29500
     for gbits in args.rates:
         link.limit(gbits)
@@ -359,12 +353,7 @@ def bench(args, link, directory):
                 if compression != "none" and (model != "mlp" or gbits != min(args.rates)):
                     continue
                 results = {}
-                runs = [library for library in ("dist_nn", "torch") if compression == "none"
-                        or (library == "dist_nn" and compressible)
-                        or (library == "torch" and compression == "fp16")]  # see above
-                if not runs:
-                    print(f"# {compression}: neither library has it here")
-                    continue
+                runs = ["dist_nn"] + ["torch"] * (compression in ("none", "fp16"))  # see above
                 for library in runs:
                     for ranks in (1, 2):
                         port += 1

@@ -29,7 +29,10 @@ from .resume import resumed_config
 from .run_state import TIMES, Position, RunningTotals, StepTotals, Watch
 from .signals import EXIT_PREEMPTED, PreemptionSignal
 
-OVERFLOW_STREAK = 3  # fp16-compressed steps skipped in a row before the run stops
+# fp16-compressed steps skipped in a row before the run stops: by then a bucket's scale has
+# backed off (16-fold a step) to its floor, 2^-24, and the sum still overflows
+OVERFLOW_STREAK = 8
+COMPRESSION_KEYS = ("grad_compression", "powersgd_rank", "bucket_mb")  # what its state fits
 EXIT_CONFIG, EXIT_STOPPED = 2, 3
 EXIT_UNSAVED = 4  # finished or stopped, but the checkpoint of the step reached is lost
 
@@ -367,13 +370,14 @@ class Trainer:
                      f"take effect: {differences}", flush=True)
 
     def load_compression(self, arrays, recorded_config, world_size):
-        """Gradient compression's state (PowerSGD's Q and error feedback) from a checkpoint
-        written with the same compression; another compression, or none saved (a 1-rank
-        run), starts afresh. Errors written by another number of ranks restart from zero."""
+        """Gradient compression's state (PowerSGD's Q and error feedback, fp16's scales) from
+        a checkpoint written with the same compression and buckets; another compression, or
+        none saved (a 1-rank run), starts afresh. Errors written by another number of ranks
+        restart from zero."""
         compression, train = self.sync.compression, self.config.train
         recorded = configuration.tomllib.loads(recorded_config).get("train", {})
-        same = (recorded.get("grad_compression", "none"), recorded.get("powersgd_rank", 4)) \
-            == (train.grad_compression, train.powersgd_rank)
+        same = tuple(recorded.get(key) for key in COMPRESSION_KEYS) == \
+            tuple(getattr(train, key) for key in COMPRESSION_KEYS)
         if compression is None or not same or arrays is None:
             return
         if not compression.load_state_dict(arrays, self.comm):
@@ -501,7 +505,7 @@ class Trainer:
         numbered as the records number them: the first step is step 1. Under fp16 an
         overflow of the scaled gradients (no gradient norm) skips the step instead (the loss
         scaler's rule); so does an fp16-compressed sum that overflows, until OVERFLOW_STREAK
-        steps in a row (without a loss scale that would shrink, the next would too)."""
+        steps in a row (its scale then at the floor, the next would overflow too)."""
         step = self.position.step + 1
         grad_norm = self.recipe.grad_norm
         if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):

@@ -38,11 +38,15 @@ def test_a_cast_compression_equals_one_process_summing_the_cast_gradients(tmp_pa
     if name == "bf16" and transport == "nccl" and os.environ.get("DIST_NN_CUPY_STANDIN"):
         pytest.skip("the stand-in's NCCL has no bfloat16 (real NCCL sums it natively)")
     result = run(tmp_path, 2, name, transport=transport)
-    half = HALF[name]
-    a, b = (result["local"][r].astype(half).astype(np.float32) for r in range(2))
-    expected = (a + b).astype(half).astype(np.float64)  # two ranks: one float32 addition
+    half, scale = HALF[name], per_value_scales(result, name)
+    a, b = ((result["local"][r] * scale).astype(half).astype(np.float32) for r in range(2))
+    expected = (a + b).astype(half).astype(np.float64) / scale  # 2 ranks: 1 float32 addition
     np.testing.assert_array_equal(result["synced0"], expected)
     np.testing.assert_array_equal(result["synced1"], expected)
+    if name == "fp16":  # scaled up: the largest of a bucket near 2^12, after the first step
+        largest = [np.abs(expected[1:, start:end] * scale[1:, start:end]).max(axis=1)
+                   for start, end in result["buckets"]]
+        assert 2**10 < np.min(largest) and np.max(largest) < 2**14
     exact = result["local"].sum(axis=0)
     assert not np.array_equal(result["synced0"], exact)  # it was compressed
     tolerance = {"fp16": 2e-3, "bf16": 1.6e-2}[name]
@@ -50,10 +54,20 @@ def test_a_cast_compression_equals_one_process_summing_the_cast_gradients(tmp_pa
                                atol=tolerance * np.abs(exact).max())
 
 
+def per_value_scales(result, name):
+    """(steps, values): fp16's scale of each value's bucket at each step (1 for bf16)."""
+    steps, values = result["local"].shape[1:]
+    if name != "fp16":
+        return np.ones((steps, values))
+    return np.concatenate([np.repeat(result["scales"][:, [b]], end - start, axis=1)
+                           for b, (start, end) in enumerate(result["buckets"])], axis=1)
+
+
 def test_fp16_compression_on_4_ranks_and_with_zero_reduce_scatters_the_cast_sum(tmp_path):
     for ranks, flags in ((4, ()), (2, ("--zero",))):
         result = run(tmp_path, ranks, "fp16", *flags)
-        local = result["local"].astype(np.float16).astype(np.float64)
+        scale = np.ones(1) if flags else per_value_scales(result, "fp16")  # ZeRO: unscaled
+        local = (result["local"] * scale).astype(np.float16).astype(np.float64) / scale
         exact = local.sum(axis=0)  # the order of additions differs: within fp16 rounding
         synced = np.concatenate([result[f"synced{r}"] for r in range(ranks)], axis=1) \
             if flags else result["synced0"]

@@ -1,8 +1,8 @@
 """Under mpiexec -n N: a few SGD steps (float64 master weights) with GradSync and a gradient
 compression. Every rank records, per step, its local gradient before the sync (the flat
 buffer) and the synchronised gradient after it; rank 0 writes them all, with PowerSGD's
-initial Q, the parameter shapes in flat order and the bucket layout, for the test to replay
-with a reference implementation of its own.
+initial Q, fp16's scale of each bucket at each step, the parameter shapes in flat order and
+the bucket layout, for the test to replay with a reference implementation of its own.
 
     mpiexec -n N python compression.py OUT.npz COMPRESSION [--zero] [--nccl]
     mpiexec -n N python compression.py OUT.npz fp16 --overflow
@@ -58,7 +58,7 @@ def main(out, name, zero=False, overflow=False, nccl=False):
         return overflowed_step(comm, model, opt, sync, out)
     initial_q = [backend.to_host(q).copy() for q in getattr(compressor, "q", [])]
     loss = nn.SoftmaxCrossEntropy()
-    local, synced = [], []
+    local, synced, scales = [], [], []
     for step in range(STEPS):
         rng = np.random.default_rng(step)
         x = backend.to_device(rng.standard_normal((PER_RANK * comm.size, 3, 8, 8)))
@@ -69,6 +69,8 @@ def main(out, name, zero=False, overflow=False, nccl=False):
         loss.forward(model.forward(x[mine]), y[mine], mean_over=PER_RANK * comm.size)
         model.backward(loss.backward())
         local.append(backend.to_host(flat.grad).copy())
+        if getattr(compressor, "scales", None) is not None:  # fp16's, per bucket, this step
+            scales.append(backend.to_host(compressor.scales).copy())
         sync.enabled = True
         sync._start_ready(all_buckets=True)  # now the buckets, as backward would start them
         sync.wait()
@@ -80,6 +82,7 @@ def main(out, name, zero=False, overflow=False, nccl=False):
                  **{f"synced{r}": g[1] for r, g in enumerate(gathered)},  # ZeRO: shards
                  shapes=np.array([str(p.shape) for p in flat.params]),
                  buckets=np.array([(start, end) for start, end, _ in sync.buckets]),
+                 scales=np.array(scales),
                  **{f"q{i}": q for i, q in enumerate(initial_q)})
 
 
