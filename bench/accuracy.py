@@ -66,12 +66,11 @@ def bytes_per_step(name, shape):
     """Bytes one rank sends in a step's gradient collectives (float32 training)."""
     model = models.build("mlp", shape, 10, hidden=HIDDEN)
     flat = optim.SGD(model.parameters(), lr=0.1).flat
-    values = flat.grad.size
-    if name == "powersgd":
-        compressor = compression.make(name, rank=4)
-        compressor.bind(GradSync._cut(flat, 25.0), flat)
-        return compressor.values_sent() * 4
-    return values * (2 if name in ("fp16", "bf16") else 4)
+    compressor = compression.make(name, rank=4)
+    if compressor is None:
+        return flat.grad.nbytes
+    compressor.bind(GradSync._cut(flat, 25.0), flat)
+    return compressor.bytes_sent()
 
 
 def accuracy(data, overrides, seed, epochs, folder):

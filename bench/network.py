@@ -197,8 +197,10 @@ def ours(args):
         opt.step()
     rates, sent = timed(step, comm.barrier, args.steps, args.rounds, args.iface)
     exposed = sum(waits[3:]) / len(waits[3:])  # a mean, as steps/s: stalls count
+    compressed = sync.compression  # what the collectives move: the model's bytes
     return comm.rank, dict(rate=statistics.median(rates), sent=sent, exposed=exposed,
-                           grad_bytes=sync.flat.data.nbytes)
+                           grad_bytes=compressed.bytes_sent() if compressed
+                           else sync.flat.data.nbytes)
 
 
 def theirs(args):

@@ -76,9 +76,14 @@ class Cast:
         self.scales = None
 
     def bind(self, buckets, flat):
+        self.values = flat.grad.size
         if self.mode == "fp16":
             self.scales = backend.get_array_module(flat.grad).ones(len(buckets),
                                                                    flat.grad.dtype)
+
+    def bytes_sent(self):
+        """Bytes one rank contributes to a step's collectives."""
+        return self.values * numpy.dtype(self.dtype).itemsize
 
     def _cast(self, grad):
         with numpy.errstate(over="ignore"):  # Inf: the step is skipped (module docstring)
@@ -137,6 +142,7 @@ class PowerSGD:
         bucket, rows, cols) and its uncompressed slices; draw Q, zero the errors."""
         xp, offsets = backend.get_array_module(flat.grad), dict(zip(map(id, flat.params),
                                                                        flat.offsets))
+        self.itemsize = flat.grad.dtype.itemsize
         rng = numpy.random.default_rng((self.seed, zlib.crc32(b"powersgd")))  # same on all ranks
         self.plans, self.q, self.errors = [], [], []
         for start, _, params in buckets:
@@ -155,11 +161,12 @@ class PowerSGD:
             self.plans.append((matrices, vectors))
         self.first_matrix = numpy.cumsum([0] + [len(m) for m, _ in self.plans]).tolist()
 
-    def values_sent(self):
-        """Values one rank contributes to a step's collectives (P, Q and the vectors)."""
-        return sum(self.rank * (rows + cols) for matrices, _ in self.plans
-                   for _, rows, cols in matrices) + \
+    def bytes_sent(self):
+        """Bytes one rank contributes to a step's collectives (P, Q and the vectors)."""
+        values = sum(self.rank * (rows + cols) for matrices, _ in self.plans
+                     for _, rows, cols in matrices) + \
             sum(end - begin for _, vectors in self.plans for begin, end in vectors)
+        return values * self.itemsize
 
     def _matrices(self, grad, b):
         """[(matrix view of the bucket's gradient, its Q, its error)] of bucket b."""
