@@ -122,3 +122,19 @@ def test_fp16_sums_that_keep_overflowing_stop_the_run(tmp_path):
     assert done.stderr.count("stopped: the synchronised gradient overflowed float16 "
                              "(train.grad_compression = \"fp16\") in 8 steps in a row") == 1, \
         done.stderr
+
+
+@pytest.mark.parametrize("arguments", [
+    ["train.grad_compression=fp16", "optim.accumulate=2", "optim.clip_grad_norm=0.5",
+     "train.amp=fp16", "optim.shard=true", "optim.name=adam"],
+    ["train.grad_compression=bf16", "optim.accumulate=2", "optim.clip_grad_norm=0.5",
+     "train.amp=bf16", "optim.shard=true", "train.ema_decay=0.9"],
+    ["train.grad_compression=powersgd", "optim.accumulate=2", "optim.clip_grad_norm=0.5",
+     "train.amp=bf16", "train.ema_decay=0.9", "model.name=cnn"],
+], ids=["fp16+zero+amp", "bf16+zero+amp", "powersgd+amp+cnn"])
+def test_compression_combines_with_accumulation_clipping_precision_and_zero(tmp_path,
+                                                                           arguments):
+    """Each combination the docs call supported trains 3 epochs on 2 ranks and learns."""
+    ok(run(2, tmp_path / "run", *SMALL, "train.epochs=3", "model.hidden=[64]", *arguments))
+    val = [r for r in read_records(tmp_path / "run") if r["split"] == "val"]
+    assert val[-1]["accuracy"] > 0.8, val[-1]
