@@ -134,7 +134,8 @@ def test_fp16_sums_that_keep_overflowing_stop_the_run(tmp_path):
 ], ids=["fp16+zero+amp", "bf16+zero+amp", "powersgd+amp+cnn"])
 def test_compression_combines_with_accumulation_clipping_precision_and_zero(tmp_path,
                                                                            arguments):
-    """Each combination the docs call supported trains 3 epochs on 2 ranks and learns."""
-    ok(run(2, tmp_path / "run", *SMALL, "train.epochs=3", "model.hidden=[64]", *arguments))
+    """Each combination the docs call supported trains 8 epochs (88 steps) on 2 ranks and
+    learns the digits."""
+    ok(run(2, tmp_path / "run", *SMALL, "train.epochs=8", "model.hidden=[64]", *arguments))
     val = [r for r in read_records(tmp_path / "run") if r["split"] == "val"]
-    assert val[-1]["accuracy"] > 0.8, val[-1]
+    assert val[-1]["accuracy"] > 0.85, val[-1]
