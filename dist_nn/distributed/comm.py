@@ -171,16 +171,20 @@ class LocalCommunicator:
 
 class _MPIRequest:
     """A pending non-blocking collective; with host staging, wait() also copies the result
-    back to the device."""
+    back to the device. It holds the buffers it was given until it completes: MPI reads and
+    writes them until then, and a caller's temporary (a compressed copy) would otherwise be
+    freed and reused under it (seen with Open MPI)."""
 
-    def __init__(self, request, device_buf=None, host_buf=None):
-        self.request, self.device_buf, self.host_buf = request, device_buf, host_buf
+    def __init__(self, request, holds, device_buf=None, host_buf=None):
+        self.request, self.holds = request, holds
+        self.device_buf, self.host_buf = device_buf, host_buf
 
     def test(self):
         return self.request.Test()  # also drives MPI's progress engine
 
     def wait(self):
         self.request.Wait()
+        self.holds = ()
         if self.device_buf is not None:
             self.device_buf.set(self.host_buf)
             self.device_buf = None
@@ -216,6 +220,14 @@ class MPICommunicator:
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self._half_sums = {}  # dtype -> its MPI sum operation
 
+    def _message(self, buf, counts=None):
+        """`buf` (with per-rank `counts`) as MPI takes it: 16-bit floats, which MPI has no
+        type for, as 16-bit words."""
+        half = buf.dtype.itemsize == 2 and buf.dtype.kind in "fV"
+        parts = [buf.view(numpy.uint16) if half else buf] + [counts] * (counts is not None) \
+            + [self.MPI.UINT16_T] * half
+        return parts if len(parts) > 1 else buf
+
     def _summed(self, buf):
         """(the MPI message of `buf`, the sum operation for its dtype)."""
         if buf.dtype.itemsize != 2 or buf.dtype.kind not in "fV":
@@ -230,7 +242,7 @@ class MPICommunicator:
                     b[...] = (a.astype(numpy.float32) + b.astype(numpy.float32)).astype(dtype)
 
             self._half_sums[dtype] = self.MPI.Op.Create(add, commute=True)
-        return [buf.view(numpy.uint16), self.MPI.UINT16_T], self._half_sums[buf.dtype]
+        return self._message(buf), self._half_sums[buf.dtype]
 
     def _staged(self, buf, copy=True, slot=""):
         """A pinned host copy of a CuPy array, or None where MPI takes `buf` itself: a host
@@ -266,7 +278,7 @@ class MPICommunicator:
         host = self._staged(buf, slot=_address(buf))
         message, op = self._summed(buf if host is None else host)
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, message, op=op)
-        return _MPIRequest(request, None if host is None else buf, host)
+        return _MPIRequest(request, (buf,), None if host is None else buf, host)
 
     def _counts(self, n):
         return [end - start for start, end in chunk_bounds(n, self.size)]
@@ -278,7 +290,7 @@ class MPICommunicator:
         send, op = self._summed(buf if host_in is None else host_in)
         receive, _ = self._summed(out if host_out is None else host_out)
         request = self.comm.Ireduce_scatter(send, receive, self._counts(buf.size), op=op)
-        return _MPIRequest(request, None if host_out is None else out, host_out)
+        return _MPIRequest(request, (buf, out), None if host_out is None else out, host_out)
 
     def ireduce_scatter(self, buf, out):
         return self._reduce_scatter(buf, out, pending=True)
@@ -291,9 +303,10 @@ class MPICommunicator:
         host_in, host_out = self._staged(chunk, slot=(slot, "in")), \
             self._staged(buf, copy=False, slot=slot)
         counts = self._counts(buf.size)
-        request = self.comm.Iallgatherv(chunk if host_in is None else host_in,
-                                        [buf if host_out is None else host_out, counts])
-        return _MPIRequest(request, None if host_out is None else buf, host_out)
+        request = self.comm.Iallgatherv(
+            self._message(chunk if host_in is None else host_in),
+            self._message(buf if host_out is None else host_out, counts))
+        return _MPIRequest(request, (chunk, buf), None if host_out is None else buf, host_out)
 
     def iallgather(self, chunk, buf):
         return self._allgather(chunk, buf, pending=True)
@@ -303,7 +316,7 @@ class MPICommunicator:
 
     def bcast(self, buf, root=0):
         host = self._staged(buf)
-        self.comm.Bcast(buf if host is None else host, root=root)
+        self.comm.Bcast(self._message(buf if host is None else host), root=root)
         if host is not None:
             buf.set(host)
 
@@ -349,10 +362,12 @@ class MPICommunicator:
 
 
 class _NCCLRequest:
-    """A pending NCCL collective on the communication stream."""
+    """A pending NCCL collective on the communication stream. It holds its buffers until
+    wait() orders the compute stream after it: freed earlier, CuPy's pool could hand them to
+    compute work while NCCL still uses them."""
 
-    def __init__(self, event):
-        self.event = event
+    def __init__(self, event, holds):
+        self.event, self.holds = event, holds
 
     def test(self):
         return self.event.done
@@ -360,6 +375,7 @@ class _NCCLRequest:
     def wait(self):
         # later work on the compute stream waits for the collective; the host does not block
         backend.cupy.cuda.get_current_stream().wait_event(self.event)
+        self.holds = ()
 
 
 class NCCLCommunicator(MPICommunicator):
@@ -403,7 +419,7 @@ class NCCLCommunicator(MPICommunicator):
         done = self.stream.record()
         if self.on_queued is not None:
             self.on_queued(done)
-        return _NCCLRequest(done)
+        return _NCCLRequest(done, args)
 
     def _allreduce_on(self, stream, buf, op):
         self.nccl_comm.allReduce(buf.data.ptr, buf.data.ptr, buf.size, self._types[buf.dtype],

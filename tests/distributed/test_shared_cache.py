@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """61 MB of uint8 samples: more than a 64 MB /dev/shm leaves beside MPI's own segments."""
+    """86 MB of uint8 samples: more than a 64 MB /dev/shm holds."""
     path = tmp_path_factory.mktemp("cache") / "d.h5"
-    synthetic.convert(path, 20000, shape=(3, 32, 32), classes=10, dtype="uint8",
+    synthetic.convert(path, 28000, shape=(3, 32, 32), classes=10, dtype="uint8",
                       val_samples=0)
     return path
 
