@@ -150,22 +150,14 @@ def end_children():
 # --- the measured side (inside the namespaces) ---------------------------------------------
 
 def timed(step, barrier, steps, rounds, iface):
-    """steps/s of `rounds` runs of `steps` steps after 3 warm-up steps, and the bytes this
-    namespace's interface sent per timed step."""
-    for _ in range(3):
-        step()
+    """bench/scaling.py's rounds_of, and the bytes this namespace's interface sent per step
+    (warm-up steps included: they send what the others do)."""
+    from bench.scaling import WARM_UP_STEPS, rounds_of
     counter = Path(f"/sys/class/net/{iface}/statistics/tx_bytes")  # ip netns exec's /sys
     barrier()
     sent = int(counter.read_text())
-    rates = []
-    for _ in range(rounds):
-        barrier()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        barrier()
-        rates.append(steps / (time.perf_counter() - start))
-    return rates, (int(counter.read_text()) - sent) / (steps * rounds)
+    rates = rounds_of(step, barrier, steps, rounds)
+    return rates, (int(counter.read_text()) - sent) / (steps * rounds + WARM_UP_STEPS)
 
 
 def ours(args):

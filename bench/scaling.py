@@ -36,9 +36,12 @@ BENCHMARKS = {  # name -> (model, input shape, per-rank batch, options)
 SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
+WARM_UP_STEPS = 3
+
+
 def rounds_of(step, comm_barrier, steps, rounds):
-    """steps/s of `rounds` timed runs of `steps` steps (after a warm-up)."""
-    for _ in range(3):
+    """steps/s of `rounds` timed runs of `steps` steps (after WARM_UP_STEPS)."""
+    for _ in range(WARM_UP_STEPS):
         step()
     rates = []
     for _ in range(rounds):
