@@ -123,12 +123,12 @@ SCALED_MAX = 2.0**12  # float16's largest is 65504: room for the sum to grow 16-
 
 
 def _next_scale(synchronised, scale):
-    """The power of two that brings the largest of `synchronised` to about SCALED_MAX (within
-    [2^-24, 2^24]); `scale` / 16 when it holds Inf or NaN (the sum overflowed)."""
+    """The power of two that brings the largest of `synchronised` to about SCALED_MAX, or
+    `scale` / 16 when it holds Inf or NaN (the sum overflowed); within [2^-24, 2^24]."""
     xp = backend.get_array_module(synchronised)
     largest = xp.abs(synchronised).max(keepdims=True)
     wanted = xp.exp2(xp.floor(xp.log2(SCALED_MAX / xp.maximum(largest, 1e-30))))
-    return xp.where(xp.isfinite(largest), xp.clip(wanted, 2.0**-24, 2.0**24), scale / 16)
+    return xp.clip(xp.where(xp.isfinite(largest), wanted, scale / 16), 2.0**-24, 2.0**24)
 
 
 class PowerSGD:
