@@ -56,9 +56,9 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.scaling import SGD, WARM_UP_STEPS, build, ddp_step, rounds_of  # noqa: E402
 from launch import mpirun  # noqa: E402
 
-SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)  # bench/scaling.py's
 ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
 CHILDREN = set()  # processes started and not yet reaped: ended by the cleanup
 
@@ -152,7 +152,6 @@ def end_children():
 def timed(step, barrier, steps, rounds, iface):
     """bench/scaling.py's rounds_of, and the bytes this namespace's interface sent per step
     (warm-up steps included: they send what the others do)."""
-    from bench.scaling import WARM_UP_STEPS, rounds_of
     counter = Path(f"/sys/class/net/{iface}/statistics/tx_bytes")  # ip netns exec's /sys
     barrier()
     sent = int(counter.read_text())
@@ -161,7 +160,6 @@ def timed(step, barrier, steps, rounds, iface):
 
 
 def ours(args):
-    from bench.scaling import build
     from dist_nn import build as builder, config as configuration, nn
     from dist_nn.distributed import broadcast_state, setup
 
@@ -200,26 +198,12 @@ def theirs(args):
     import torch.distributed as torch_dist
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-    from bench.scaling import build
-    from dist_nn.torch_interop import to_torch_module
-
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=f"tcp://{args.master}", rank=args.rank,
                                   world_size=args.world)
     model, x, y = build(args.model, SimpleNamespace(rank=args.rank), sync_bn=False)
-    twin = torch.nn.parallel.DistributedDataParallel(to_torch_module(model))
-    if args.compression == "fp16":
-        twin.register_comm_hook(None, default_hooks.fp16_compress_hook)
-    decay = [p for p in twin.parameters() if p.ndim > 1]
-    rest = [p for p in twin.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay}, {"params": rest, "weight_decay": 0.0}], **SGD)
-    loss = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        loss(twin(tx), ty).backward()
-        opt.step()
+    step, _ = ddp_step(model, x, y, hook=default_hooks.fp16_compress_hook
+                       if args.compression == "fp16" else None)
     rates, sent = timed(step, torch_dist.barrier, args.steps, args.rounds, args.iface)
     torch_dist.destroy_process_group()
     return args.rank, dict(rate=statistics.median(rates), sent=sent)

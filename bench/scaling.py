@@ -89,22 +89,23 @@ def ours(name, sync_bn, steps, rounds):
     return comm, [r * global_batch for r in rounds_of(step, comm.barrier, steps, rounds)]
 
 
-def theirs(name, port, steps, rounds):
+def ddp_step(model, x, y, make_optimizer=None, hook=None):
+    """(one training step of the DDP twin of dist_nn's `model` on the batch (x, y), its
+    optimizer): SGD as dist_nn's (weight decay on matrices only) unless `make_optimizer(twin)`
+    makes another; `hook`: a DDP communication hook. Needs the process group started."""
     import torch
-    import torch.distributed as torch_dist
 
-    from dist_nn.distributed import setup
     from dist_nn.torch_interop import to_torch_module
-
-    comm = setup("auto", "cpu", threads=1)
-    torch.set_num_threads(1)
-    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                  rank=comm.rank, world_size=comm.size)
-    model, x, y = build(name, comm, sync_bn=False)
     twin = torch.nn.parallel.DistributedDataParallel(to_torch_module(model))
-    decay = [p for n, p in twin.named_parameters() if p.ndim > 1]
-    rest = [p for n, p in twin.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay}, {"params": rest, "weight_decay": 0.0}], **SGD)
+    if hook is not None:
+        twin.register_comm_hook(None, hook)
+    if make_optimizer is None:
+        decay = [p for p in twin.parameters() if p.ndim > 1]
+        rest = [p for p in twin.parameters() if p.ndim <= 1]
+        opt = torch.optim.SGD([{"params": decay}, {"params": rest, "weight_decay": 0.0}],
+                              **SGD)
+    else:
+        opt = make_optimizer(twin)
     loss = torch.nn.CrossEntropyLoss()
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
@@ -112,6 +113,21 @@ def theirs(name, port, steps, rounds):
         opt.zero_grad()
         loss(twin(tx), ty).backward()
         opt.step()
+    return step, opt
+
+
+def theirs(name, port, steps, rounds):
+    import torch
+    import torch.distributed as torch_dist
+
+    from dist_nn.distributed import setup
+
+    comm = setup("auto", "cpu", threads=1)
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                  rank=comm.rank, world_size=comm.size)
+    model, x, y = build(name, comm, sync_bn=False)
+    step, _ = ddp_step(model, x, y)
     rates = [r * len(x) * comm.size for r in rounds_of(step, torch_dist.barrier, steps, rounds)]
     torch_dist.destroy_process_group()
     return comm, rates

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scaling import BENCHMARKS, build, free_port, rounds_of  # noqa: E402
+from bench.scaling import BENCHMARKS, build, ddp_step, free_port, rounds_of  # noqa: E402
 from launch import mpirun  # noqa: E402
 
 ADAM = dict(lr=1e-3)
@@ -72,7 +72,6 @@ def theirs(name, zero, port, steps, rounds):
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     from dist_nn.distributed import setup
-    from dist_nn.torch_interop import to_torch_module
 
     comm = setup("auto", "cpu", threads=1)
     torch.set_num_threads(1)
@@ -80,26 +79,19 @@ def theirs(name, zero, port, steps, rounds):
                                   rank=comm.rank, world_size=comm.size,
                                   timeout=datetime.timedelta(seconds=300))
     model, x, y = build(name, comm, sync_bn=False)
-    twin = torch.nn.parallel.DistributedDataParallel(to_torch_module(model))
     if zero:
-        opt = ZeroRedundancyOptimizer(twin.parameters(), optimizer_class=torch.optim.Adam,
-                                      **ADAM)
-        local = opt.optim
+        adam = lambda twin: ZeroRedundancyOptimizer(  # noqa: E731
+            twin.parameters(), optimizer_class=torch.optim.Adam, **ADAM)
     else:
-        opt = local = torch.optim.Adam(twin.parameters(), **ADAM)
-    loss = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        loss(twin(tx), ty).backward()
-        opt.step()
+        adam = lambda twin: torch.optim.Adam(twin.parameters(), **ADAM)  # noqa: E731
+    step, opt = ddp_step(model, x, y, make_optimizer=adam)
+    local = opt.optim if zero else opt
     times = [1 / r for r in rounds_of(step, torch_dist.barrier, steps, rounds)]
     state = sum(t.numel() * t.element_size() for s in local.state.values()
                 for t in s.values() if torch.is_tensor(t) and t.numel() > 1)  # not `step`
     # DDP and ZeroRedundancyOptimizer go while the process group lives: destroyed after
     # it, rank 0's hung in their destructors
-    del step, opt, local, twin
+    del step, opt, local  # the twin lives in step
     torch_dist.barrier()
     torch_dist.destroy_process_group()
     return comm, {"times": times, "state": state, "working": 0, "transient": None}
