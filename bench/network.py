@@ -205,6 +205,8 @@ def theirs(args):
     step, _ = ddp_step(model, x, y, hook=default_hooks.fp16_compress_hook
                        if args.compression == "fp16" else None)
     rates, sent = timed(step, torch_dist.barrier, args.steps, args.rounds, args.iface)
+    del step  # DDP (in its closure) goes while the process group lives: destroyed after it,
+    torch_dist.barrier()  # gloo's threads can abort the process ("terminate called ...")
     torch_dist.destroy_process_group()
     return args.rank, dict(rate=statistics.median(rates), sent=sent)
 

@@ -129,6 +129,8 @@ def theirs(name, port, steps, rounds):
     model, x, y = build(name, comm, sync_bn=False)
     step, _ = ddp_step(model, x, y)
     rates = [r * len(x) * comm.size for r in rounds_of(step, torch_dist.barrier, steps, rounds)]
+    del step  # DDP (in its closure) goes while the process group lives: destroyed after it,
+    torch_dist.barrier()  # gloo's threads can abort the process ("terminate called ...")
     torch_dist.destroy_process_group()
     return comm, rates
 
